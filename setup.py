@@ -34,9 +34,4 @@ setup(
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9.0", "mkdocstrings[python]>=0.24"],
         "mlflow": ["mlflow>=2.8"],
     },
-    classifiers=[
-        "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
-        "Topic :: Scientific/Engineering :: Medical Science Apps.",
-    ],
 )
