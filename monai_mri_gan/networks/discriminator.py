@@ -1,0 +1,116 @@
+"""DCGAN-style discriminator of 2D MRI slices, with an optional projection head for class conditioning."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
+
+from .generator import check_image_size, feature_channels, init_dcgan_weights
+
+__all__ = ["SliceDiscriminator"]
+
+
+class SliceDiscriminator(nn.Module):
+    """Strided-convolution discriminator: a (B, ``channels``, S, S) slice to one real/fake logit per sample.
+
+    Each block is a 4x4 stride-2 convolution followed by LeakyReLU(0.2), halving the size down to 4x4.
+    Channels are ``base_channels`` after the first block and double per block up to ``max_channels``. The
+    flattened 4x4 map is the feature vector ``h``; the logit is ``linear(h)``, plus, when conditional, the
+    projection term ``<embed(y), h>`` of Miyato & Koyama (2018). With ``spectral_norm`` (the default) every
+    layer, the class embedding included, is spectrally normalised and there is no batch norm; without it
+    the inner blocks use batch norm as in DCGAN (the output then depends on the batch it is in).
+
+    Args:
+        image_size: side S of the square input; one of 32, 64, 128, 256, 512.
+        channels: image channels.
+        base_channels: channels after the first (finest) block. Defaults to ``max(2048 // image_size, 8)``.
+        max_channels: cap on the channels at coarse resolutions.
+        num_classes: number of classes for the projection head; 0 for an unconditional discriminator.
+        spectral_norm: spectrally normalise all layers (``torch.nn.utils.parametrizations.spectral_norm``).
+
+    Raises:
+        ValueError: when ``image_size`` is not supported or a size argument is not positive.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 128,
+        channels: int = 1,
+        base_channels: int | None = None,
+        max_channels: int = 256,
+        num_classes: int = 0,
+        spectral_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        num_blocks = check_image_size(image_size)
+        if base_channels is None:
+            base_channels = max(2048 // image_size, 8)
+        for name, value in (("channels", channels), ("base_channels", base_channels), ("max_channels", max_channels)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}.")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (unconditional) or positive, got {num_classes}.")
+        self.image_size = image_size
+        self.channels = channels
+        self.num_classes = num_classes
+
+        half = image_size // 2
+        widths = [channels]
+        widths += [feature_channels(half, half // 2**i, base_channels, max_channels) for i in range(num_blocks)]
+        blocks = []
+        for i in range(num_blocks):
+            # DCGAN leaves the first block without batch norm; spectral norm replaces batch norm everywhere.
+            norm = "batch" if (not spectral_norm and i > 0) else None
+            blocks.append(
+                Convolution(
+                    2, widths[i], widths[i + 1], strides=2, kernel_size=4, padding=1,
+                    act=("leakyrelu", {"negative_slope": 0.2}), norm=norm, bias=norm is None,
+                )
+            )
+        self.blocks = nn.Sequential(*blocks)
+        self.feature_dim = widths[-1] * 16
+        self.linear = nn.Linear(self.feature_dim, 1)
+        self.embedding: nn.Embedding | None = None
+        if num_classes > 0:
+            self.embedding = nn.Embedding(num_classes, self.feature_dim)
+        self.apply(init_dcgan_weights)
+        if spectral_norm:
+            layers = [block.conv for block in self.blocks] + [self.linear]
+            if self.embedding is not None:
+                layers.append(self.embedding)
+            for layer in layers:
+                apply_spectral_norm(layer)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened 4x4 feature map ``h``, shape (B, ``feature_dim``), of slices ``x`` (B, C, S, S)."""
+        return self.blocks(x).flatten(1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Real/fake logits of slices.
+
+        Args:
+            x: slices, shape (B, ``channels``, ``image_size``, ``image_size``), in the training range [-1, 1].
+            labels: integer class labels, shape (B,); required when conditional, must be None otherwise.
+
+        Returns:
+            Logits, shape (B,); larger means "more likely real".
+
+        Raises:
+            ValueError: when ``labels`` is missing for a conditional discriminator or given to an unconditional one.
+        """
+        embedding = self.embedding
+        if embedding is not None and labels is None:
+            raise ValueError("labels are required: this discriminator is class-conditional.")
+        if embedding is None and labels is not None:
+            raise ValueError("labels must be None: this discriminator is unconditional (num_classes=0).")
+        h = self.features(x)
+        logits = self.linear(h).squeeze(1)
+        if embedding is not None and labels is not None:
+            logits = logits + (embedding(labels) * h).sum(dim=1)
+        return logits
+
+    def probability(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Probability that each slice is real, ``sigmoid(forward(x, labels))``, shape (B,)."""
+        return torch.sigmoid(self.forward(x, labels))

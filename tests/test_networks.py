@@ -1,0 +1,133 @@
+"""Slice generator and discriminator: shapes, ranges, conditioning, spectral norm, memory format, TorchScript."""
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from monai_mri_gan.networks import SliceDiscriminator, SliceGenerator, build_networks, feature_channels
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("size, base, max_channels", [(64, None, 256), (128, None, 256), (256, 4, 32)])
+def test_output_shapes_and_range(size, base, max_channels):
+    generator, discriminator = build_networks(
+        image_size=size, latent_dim=16, base_channels=base, channels=2, max_channels=max_channels
+    )
+    images = generator(torch.randn(3, 16))
+    assert images.shape == (3, 2, size, size)
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    assert discriminator(images).shape == (3,)
+    discriminator.eval()  # in training mode every call runs one more power iteration of spectral norm
+    logits = discriminator(images)
+    torch.testing.assert_close(discriminator.probability(images), torch.sigmoid(logits))
+
+
+def test_channel_schedule():
+    # base channels at full resolution, doubling per halving, capped
+    assert [feature_channels(64, r, 32, 256) for r in (64, 32, 16, 8, 4)] == [32, 64, 128, 256, 256]
+    generator = SliceGenerator(latent_dim=8, image_size=64)
+    assert generator.initial_channels == 256 and generator.to_image.conv.in_channels == 32
+    discriminator = SliceDiscriminator(image_size=64)
+    assert discriminator.blocks[0].conv.out_channels == 32 and discriminator.feature_dim == 256 * 16
+    with pytest.raises(ValueError, match="image_size"):
+        SliceGenerator(image_size=100)
+
+
+def test_dcgan_initialisation():
+    generator = SliceGenerator(latent_dim=8, image_size=64)
+    weight = generator.blocks[1].conv.conv.weight
+    assert abs(weight.mean().item()) < 0.002 and weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert generator.initial_norm.bn.weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_conditional_generator_depends_on_label():
+    generator = SliceGenerator(latent_dim=16, image_size=64, num_classes=3).eval()
+    z = torch.randn(1, 16).expand(3, 16)
+    images = generator(z, torch.tensor([0, 1, 2]))
+    assert (images[0] - images[1]).abs().max() > 1e-3 and (images[1] - images[2]).abs().max() > 1e-3
+    torch.testing.assert_close(generator(z, torch.tensor([1, 1, 1]))[0], images[1])
+    with pytest.raises(ValueError, match="required"):
+        generator(z)
+
+
+def test_unconditional_networks_reject_labels():
+    generator, discriminator = build_networks(image_size=64, latent_dim=8)
+    with pytest.raises(ValueError, match="unconditional"):
+        generator(torch.randn(2, 8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="unconditional"):
+        discriminator(torch.zeros(2, 1, 64, 64), torch.tensor([0, 1]))
+
+
+def test_projection_discriminator_adds_embedding_feature_product():
+    discriminator = SliceDiscriminator(image_size=64, num_classes=2).eval()
+    x = torch.rand(1, 1, 64, 64).expand(2, 1, 64, 64) * 2 - 1
+    logits = discriminator(x, torch.tensor([0, 1]))
+    features = discriminator.features(x[:1])[0]
+    embedding = discriminator.embedding.weight  # spectrally normalised, as used in forward
+    torch.testing.assert_close(logits[0] - logits[1], features @ (embedding[0] - embedding[1]))
+    assert (logits[0] - logits[1]).abs() > 1e-6
+    unconditional_part = discriminator.linear(features[None]).squeeze()
+    torch.testing.assert_close(logits[0], unconditional_part + features @ embedding[0])
+    with pytest.raises(ValueError, match="required"):
+        discriminator(x)
+
+
+def test_spectral_norm_bounds_the_largest_singular_value():
+    discriminator = SliceDiscriminator(image_size=64, num_classes=2, spectral_norm=True)
+    layers = [block.conv for block in discriminator.blocks] + [discriminator.linear, discriminator.embedding]
+    assert all(parametrize.is_parametrized(layer, "weight") for layer in layers)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in discriminator.modules())
+    x, y = torch.rand(2, 1, 64, 64), torch.tensor([0, 1])
+    with torch.no_grad():
+        for _ in range(30):  # power iterations run on each training-mode forward pass
+            discriminator(x, y)
+    for layer in layers:
+        sigma = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2).item()
+        assert sigma == pytest.approx(1.0, abs=0.02)
+
+    plain = SliceDiscriminator(image_size=64, spectral_norm=False)
+    assert not any(parametrize.is_parametrized(m) for m in plain.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == len(plain.blocks) - 1
+
+
+def test_channels_last_matches_contiguous():
+    generator, discriminator = build_networks(image_size=64, latent_dim=16, num_classes=2)
+    generator.eval()
+    discriminator.eval()
+    z, y = torch.randn(4, 16), torch.tensor([0, 1, 1, 0])
+    images = generator(z, y)
+    logits = discriminator(images, y)
+    generator.to(memory_format=torch.channels_last)
+    discriminator.to(memory_format=torch.channels_last)
+    images_cl = generator(z, y)
+    torch.testing.assert_close(images_cl, images, rtol=0, atol=1e-5)
+    logits_cl = discriminator(images.contiguous(memory_format=torch.channels_last), y)
+    torch.testing.assert_close(logits_cl, logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_generator_scripts_and_traces(num_classes):
+    generator = SliceGenerator(latent_dim=16, image_size=64, num_classes=num_classes).eval()
+    z = torch.randn(3, 16)
+    labels = torch.tensor([0, 2, 1]) if num_classes else None
+    expected = generator(z, labels)
+    scripted = torch.jit.script(generator)
+    torch.testing.assert_close(scripted(z, labels), expected, rtol=0, atol=1e-6)
+    if num_classes:
+        with pytest.raises(Exception, match="labels are required"):
+            scripted(z)
+    traced = torch.jit.trace(generator, (z, labels) if num_classes else (z,))
+    other = torch.randn(3, 16)
+    torch.testing.assert_close(traced(other, labels) if num_classes else traced(other), generator(other, labels))
+
+
+def test_spectral_norm_generator_traces():
+    generator = SliceGenerator(latent_dim=16, image_size=64, spectral_norm=True).eval()
+    assert parametrize.is_parametrized(generator.project, "weight")
+    z = torch.randn(2, 16)
+    traced = torch.jit.trace(generator, (z,))
+    torch.testing.assert_close(traced(z), generator(z))
