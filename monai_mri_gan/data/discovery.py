@@ -1,0 +1,302 @@
+"""Find volumes (DICOM series, NIfTI, NRRD, MetaImage) and their masks, and build MONAI datalists.
+
+Every item is ``{"image": ..., "label": ... (when a mask was found), "subject": "sub-<hash>"}``. The subject
+id is a one-way hash: no patient name, ID or UID from a DICOM header ever appears in a datalist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.config import PathLike
+from pydicom.dataset import Dataset
+
+from monai_mri_gan.data.readers import (
+    VOLUME_SUFFIXES,
+    is_dicom_file,
+    list_series_files,
+    read_dicom_header,
+    read_dicom_series_geometry,
+)
+from monai_mri_gan.errors import DataError, ErrorPolicy
+
+__all__ = ["MASK_SUFFIXES", "subject_id", "split_volume_name", "discover_volumes", "load_datalist", "build_datalist"]
+
+logger = logging.getLogger(__name__)
+
+#: a volume whose name stem ends with one of these is a mask of the image named without it.
+MASK_SUFFIXES = ("_seg", "_mask", "_label", "_labels", "-seg", "_tumor", "_tumour")
+# data files that sit beside a .mhd or .nhdr header and are read through it
+_COMPANION_SUFFIXES = (".raw", ".zraw", ".raw.gz")
+
+
+def subject_id(*parts: str) -> str:
+    """Pseudonymous subject id: ``"sub-"`` and the first 12 hex digits of the SHA-256 of the parts.
+
+    Args:
+        parts: strings that identify the subject (joined with a separator before hashing).
+
+    Returns:
+        the id, e.g. ``"sub-3f2a9c0d11be"``.
+    """
+    return "sub-" + hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:12]
+
+
+def split_volume_name(path: PathLike) -> tuple[str, str] | None:
+    """Split a volume file name into its stem and format, from the known volume suffixes.
+
+    Args:
+        path: a file path.
+
+    Returns:
+        (stem, format), e.g. ("BraTS_001_t1ce", "nifti"); None when the name is not a volume's.
+    """
+    name = Path(path).name
+    for suffix, fmt in VOLUME_SUFFIXES.items():
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], fmt
+    return None
+
+
+def _mask_base(stem: str) -> str | None:
+    """The image stem a mask stem refers to, or None when the stem is not a mask's."""
+    for suffix in MASK_SUFFIXES:
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _sort_key(item: dict) -> str:
+    image = item["image"]
+    return image if isinstance(image, str) else image[0]
+
+
+def _relative(path: PathLike, root: PathLike) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def _visible(names: Sequence[str]) -> list[str]:
+    return sorted(n for n in names if not n.startswith("."))
+
+
+def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | None = None) -> list[dict]:
+    """Walk a folder recursively and list its DICOM series and volume files, each paired with its mask.
+
+    DICOM files are recognised by content (with or without the ``.dcm`` extension) and grouped by series.
+    ``image`` is the folder when it holds exactly one series and nothing else; otherwise it is the sorted
+    list of the series' files (``SimpleITKReader`` reads such a list as one series). NIfTI (.nii, .nii.gz),
+    NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) files are volumes; one whose stem ends with a mask suffix
+    (``_seg``, ``_mask``, ``_label``, ``_labels``, ``-seg``, ``_tumor``, ``_tumour``) is the ``label`` of the
+    image of the same stem in the same folder, or else of the images whose stem starts with it
+    (BraTS style: ``X_seg.nii.gz`` labels ``X_t1.nii.gz``, ``X_t1ce.nii.gz``, ...). Masks are never items.
+    Other files are skipped with a warning.
+
+    Args:
+        root: the folder to search.
+        on_error: "raise" stops at the first bad series or ambiguous pairing; "skip" logs and leaves it out.
+        modality: keep only volume files whose stem ends with ``_<modality>`` (e.g. "t1ce"); DICOM series
+            are not filtered.
+
+    Returns:
+        items ``{"image": str | list[str], "label": str (when a mask was found), "subject": str}`` sorted by
+        image path; ``subject`` is a hash of PatientID and StudyInstanceUID for DICOM, or of the path relative
+        to ``root`` (stem reduced to the mask's for paired files, so that a subject's modalities share it).
+
+    Raises:
+        DataError: when ``root`` is not a folder or holds no volume, and (with on_error="raise") on a bad
+            DICOM file or series or an image with several masks.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise DataError(root, "is not a folder.")
+    policy = ErrorPolicy(on_error)
+    items: list[dict] = []
+    for folder, dirnames, filenames in os.walk(root_path):
+        dirnames[:] = _visible(dirnames)
+        files = [os.path.join(folder, n) for n in _visible(filenames)]
+        items += _folder_items(folder, files, root_path, policy, modality)
+    if not items:
+        raise DataError(root, "no image volumes found (looked for DICOM series, NIfTI, NRRD and MetaImage files).")
+    if policy.errors:
+        logger.warning(policy.summary())
+    return sorted(items, key=_sort_key)
+
+
+def _folder_items(
+    folder: str, files: list[str], root: Path, policy: ErrorPolicy, modality: str | None
+) -> list[dict]:
+    """Items of the files directly inside one folder."""
+    volumes, dicom = [], []
+    for f in files:
+        if split_volume_name(f) is not None:
+            volumes.append(f)
+        elif is_dicom_file(f):
+            dicom.append(f)
+        elif not f.lower().endswith(_COMPANION_SUFFIXES):
+            logger.warning("skipped %s: not a DICOM file nor a NIfTI, NRRD or MetaImage volume.", f)
+    return _dicom_items(folder, dicom, root, policy) + _volume_items(volumes, root, policy, modality)
+
+
+def _dicom_items(folder: str, dicom: list[str], root: Path, policy: ErrorPolicy) -> list[dict]:
+    """One item per DICOM image series found among a folder's DICOM files."""
+    series: dict[str, list[tuple[str, Dataset]]] = {}
+    for f in dicom:
+        ds = policy(read_dicom_header, f)
+        if ds is None:
+            continue
+        if "Rows" not in ds:
+            logger.warning("skipped %s: a DICOM object without an image (e.g. DICOMDIR, report).", f)
+            continue
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
+    # the folder itself names the series only when the reader, given the folder, would read exactly these files
+    only_series = len(series) == 1 and sorted(f for f, _ in next(iter(series.values()))) == list_series_files(folder)
+    items = []
+    for members in series.values():
+        paths = sorted(f for f, _ in members)
+        headers = [ds for _, ds in sorted(members, key=lambda m: m[0])]
+        if policy(read_dicom_series_geometry, paths, headers, folder) is None:
+            continue
+        ref = headers[0]
+        patient, study = str(ref.get("PatientID", "")), str(ref.get("StudyInstanceUID", ""))
+        subject = subject_id(patient, study) if patient or study else subject_id(_relative(folder, root))
+        items.append({"image": folder if only_series else paths, "subject": subject})
+    return items
+
+
+def _volume_items(volumes: list[str], root: Path, policy: ErrorPolicy, modality: str | None) -> list[dict]:
+    """Items of a folder's volume files, images paired with their masks."""
+    images, masks = [], []
+    for f in volumes:
+        stem = split_volume_name(f)[0]  # type: ignore[index]
+        base = _mask_base(stem)
+        (masks if base is not None else images).append((f, base if base is not None else stem))
+    if modality is not None:
+        images = [(f, stem) for f, stem in images if stem.lower().endswith(f"_{modality.lower()}")]
+    labels: dict[str, list[tuple[str, str]]] = {f: [] for f, _ in images}
+    for mask, base in masks:
+        targets = [f for f, stem in images if stem.lower() == base.lower()] or [
+            f for f, stem in images if stem.lower().startswith((base.lower() + "_", base.lower() + "-"))
+        ]
+        if not targets and modality is None:
+            logger.warning("ignored mask %s: no image named like it in its folder.", mask)
+        for f in targets:
+            labels[f].append((mask, base))
+    items = []
+    for f, stem in images:
+        pair = policy(_single_mask, f, stem, labels[f])
+        if pair is None:
+            continue
+        item: dict[str, Any] = {"image": f}
+        if pair[0] is not None:
+            item["label"] = pair[0]
+        item["subject"] = subject_id(_relative(Path(f).parent / pair[1], root))
+        items.append(item)
+    return items
+
+
+def _single_mask(image: str, stem: str, found: list[tuple[str, str]]) -> tuple[str | None, str]:
+    """The one mask of an image (or None) and the stem that names its subject; several masks is an error."""
+    if len(found) > 1:
+        raise DataError(image, f"has several masks ({', '.join(m for m, _ in found)}); keep one.")
+    return found[0] if found else (None, stem)
+
+
+def _resolve(value: Any, base: Path, datalist: PathLike, index: int, key: str) -> str | list[str]:
+    """Resolve one path (or list of paths) of a datalist item against ``base`` and check it exists."""
+    if isinstance(value, (list, tuple)):
+        return [_resolve(v, base, datalist, index, key) for v in value]  # type: ignore[misc]
+    if not isinstance(value, str) or not value:
+        raise DataError(datalist, f"item {index}: '{key}' must be a path or a list of paths, got {value!r}.")
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.exists():
+        raise DataError(path, f"does not exist (item {index}, '{key}', of datalist {datalist}).")
+    return str(path)
+
+
+def _read_datalist_json(datalist: PathLike, key: str) -> list:
+    try:
+        with open(datalist, encoding="utf-8") as fh:
+            content = json.load(fh)
+    except FileNotFoundError as err:
+        raise DataError(datalist, "datalist file does not exist.") from err
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(datalist, f"is not a readable JSON datalist: {err}") from err
+    if isinstance(content, dict):
+        if key not in content:
+            raise DataError(datalist, f"has no '{key}' list (keys: {', '.join(map(str, content))}).")
+        content = content[key]
+    if not isinstance(content, list):
+        raise DataError(datalist, f"'{key}' must be a list of items.")
+    return content
+
+
+def load_datalist(datalist: PathLike, dataset_dir: PathLike | None = None, key: str = "training") -> list[dict]:
+    """Read a MONAI / Decathlon datalist JSON and check that every listed file exists.
+
+    Args:
+        datalist: the JSON file: a dict holding ``key`` -> list of items, or a bare list. Items have ``image``
+            (a file, a DICOM series folder, or a list of files), optional ``label`` and optional ``class`` (int);
+            bare strings are taken as ``{"image": ...}``.
+        dataset_dir: base folder of relative paths; default: the folder of the JSON file.
+        key: which list to read from a dict datalist, e.g. "training", "validation", "test".
+
+    Returns:
+        items with absolute paths; ``subject`` is added when missing (hash of the image path relative to the
+        base folder); a given ``subject`` and other keys are kept.
+
+    Raises:
+        DataError: unreadable JSON, missing ``key``, an item without ``image``, a non-integer ``class``, or a
+            listed file that does not exist (the message names it and the datalist).
+    """
+    base = Path(dataset_dir) if dataset_dir is not None else Path(datalist).resolve().parent
+    items = []
+    for index, raw in enumerate(_read_datalist_json(datalist, key)):
+        item = {"image": raw} if isinstance(raw, str) else raw
+        if not isinstance(item, dict) or "image" not in item:
+            raise DataError(datalist, f"item {index} has no 'image'.")
+        item = dict(item)
+        for field in ("image", "label"):
+            if field in item:
+                item[field] = _resolve(item[field], base, datalist, index, field)
+        if "class" in item and (isinstance(item["class"], bool) or not isinstance(item["class"], int)):
+            raise DataError(datalist, f"item {index}: 'class' must be an integer, got {item['class']!r}.")
+        if "subject" not in item:
+            images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+            item["subject"] = subject_id(*(_relative(p, base) for p in images))
+        items.append(item)
+    return items
+
+
+def build_datalist(
+    dataset_dir: PathLike | None = None,
+    datalist: PathLike | None = None,
+    key: str = "training",
+    on_error: str = "raise",
+) -> list[dict]:
+    """Build the list of volumes to train on: from a datalist JSON when given, else by searching a folder.
+
+    Args:
+        dataset_dir: folder to search (:func:`discover_volumes`), or base folder of a datalist's relative paths.
+        datalist: a datalist JSON (:func:`load_datalist`); takes precedence over searching ``dataset_dir``.
+        key: which list of the datalist to read.
+        on_error: "raise" or "skip", for :func:`discover_volumes`.
+
+    Returns:
+        the datalist items.
+
+    Raises:
+        ValueError: when neither ``dataset_dir`` nor ``datalist`` is given (the demo cohort is chosen elsewhere).
+        DataError: see :func:`load_datalist` and :func:`discover_volumes`.
+    """
+    if datalist is not None:
+        return load_datalist(datalist, dataset_dir=dataset_dir, key=key)
+    if dataset_dir is None:
+        raise ValueError("build_datalist needs dataset_dir (a folder to search) or datalist (a JSON file).")
+    return discover_volumes(dataset_dir, on_error=on_error)
