@@ -51,11 +51,15 @@ class ErrorPolicy:
         try:
             return func(*args, **kwargs)
         except DataError as err:
-            if self.on_error == "raise":
-                raise
-            logger.warning("skipped %s", err)
-            self.errors.append(err)
+            self.handle(err)
             return None
+
+    def handle(self, err: DataError) -> None:
+        """Raise ``err`` (policy "raise"), or log and record it (policy "skip")."""
+        if self.on_error == "raise":
+            raise err
+        logger.warning("skipped %s", err)
+        self.errors.append(err)
 
     def summary(self) -> str:
         """One line per skipped input, or an empty string when nothing was skipped."""

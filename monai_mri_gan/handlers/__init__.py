@@ -1,0 +1,48 @@
+"""Ignite handlers for GAN training: EMA, sample grids, checkpoints, resume and a divergence guard."""
+
+from .checkpoint import (
+    GanCheckpointSaver,
+    RandomState,
+    ResumeFromCheckpoint,
+    RunConfig,
+    latest_checkpoint,
+    load_checkpoint,
+    save_atomic,
+)
+from .divergence import DivergenceGuard, TrainingDiverged
+from .ema import GeneratorEMA, ema_copy
+from .samples import SampleGridSaver, sample_grid, save_grid_png
+
+__all__ = [
+    "DivergenceGuard",
+    "GanCheckpointSaver",
+    "GeneratorEMA",
+    "RandomState",
+    "ResumeFromCheckpoint",
+    "RunConfig",
+    "SampleGridSaver",
+    "TrainingDiverged",
+    "ema_copy",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "sample_grid",
+    "save_atomic",
+    "save_grid_png",
+]
+
+
+def every_n(n: int):
+    """An Ignite event filter ``(engine, event) -> bool`` that passes every ``n``-th event (e.g. for logging).
+
+    Args:
+        n: interval (>= 1).
+
+    Raises:
+        ValueError: when ``n < 1``.
+    """
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}.")
+    return lambda engine, event: event % int(n) == 0
+
+
+__all__.append("every_n")

@@ -1,0 +1,154 @@
+"""SliceGanTrainer: conditional and unconditional steps, ragged batches, modes, AMP, exact resume, divergence."""
+
+import pytest
+import torch
+from ignite.engine import Events
+from torch.utils.data import DataLoader
+
+from monai_mri_gan.augment import DiffAugment
+from monai_mri_gan.data.datasets import SliceTensorDataset
+from monai_mri_gan.engines import SliceGanTrainer, prepare_slice_batch
+from monai_mri_gan.handlers import (
+    DivergenceGuard,
+    GanCheckpointSaver,
+    GeneratorEMA,
+    RandomState,
+    ResumeFromCheckpoint,
+    TrainingDiverged,
+    ema_copy,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from monai_mri_gan.losses import AdversarialLoss, R1Regulariser
+from monai_mri_gan.networks import build_networks
+
+SIZE, LATENT = 32, 16
+
+
+def _data(n=10, classes=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, SIZE, SIZE, 1, generator=g) * 2 - 1  # slices keep their through-plane axis
+    labels = torch.arange(n) % classes
+    return SliceTensorDataset(images, labels)
+
+
+def _trainer(out_dir=None, num_classes=2, max_epochs=1, batch_size=4, d_steps=1, amp=False, handlers=True):
+    torch.manual_seed(0)
+    g, d = build_networks(image_size=SIZE, latent_dim=LATENT, num_classes=num_classes, base_channels=8)
+    ema = ema_copy(g)
+    g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    loader = DataLoader(_data(classes=max(num_classes, 1)), batch_size=batch_size, shuffle=True)
+    trainer = SliceGanTrainer(
+        device="cpu", max_epochs=max_epochs, train_data_loader=loader, generator=g, discriminator=d,
+        g_optimizer=g_opt, d_optimizer=d_opt, loss=AdversarialLoss("bce"), latent_dim=LATENT,
+        num_classes=num_classes, d_steps=d_steps, regulariser=R1Regulariser(gamma=1.0, every=2),
+        augment=DiffAugment(("translation", "cutout")), amp=amp,
+    )
+    objects = {"generator": g, "ema_generator": ema, "discriminator": d, "g_optimizer": g_opt,
+               "d_optimizer": d_opt, "trainer": trainer, "random_state": RandomState()}
+    if handlers:
+        trainer.attach_handlers([
+            ResumeFromCheckpoint(out_dir, objects),
+            DivergenceGuard(checkpoint_dir=out_dir),
+            GeneratorEMA(g, ema, decay=0.9),
+            GanCheckpointSaver(out_dir, objects, keep_last=5),
+        ])
+    return trainer, objects
+
+
+@pytest.mark.parametrize("num_classes", [0, 2])
+def test_training_steps_change_both_networks(tmp_path, num_classes):
+    trainer, obj = _trainer(tmp_path, num_classes=num_classes, d_steps=2)
+    g0 = [p.detach().clone() for p in obj["generator"].parameters()]
+    d0 = [p.detach().clone() for p in obj["discriminator"].parameters()]
+    sizes = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: sizes.append(e.state.output["batch_size"]))
+    trainer.run()
+    assert sizes == [4, 4, 2]  # ragged last batch of 10 slices
+    out = trainer.state.output
+    assert all(torch.isfinite(torch.tensor(out[k])) for k in ("g_loss", "d_loss", "r1", "d_real", "d_fake"))
+    assert 0.0 <= out["d_real"] <= 1.0 and 0.0 <= out["d_fake"] <= 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(g0, obj["generator"].parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, obj["discriminator"].parameters(), strict=True))
+    assert obj["generator"].training and obj["discriminator"].training
+    assert all(p.requires_grad for p in obj["discriminator"].parameters())
+    assert latest_checkpoint(tmp_path).name == "checkpoint_epoch0001.pt"
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    trainer, _ = _trainer(tmp_path, amp=True, handlers=False)
+    assert trainer.amp_dtype == torch.bfloat16
+    seen = []
+    trainer.generator.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer.run()
+    assert torch.bfloat16 in seen  # autocast really applied
+    assert torch.isfinite(torch.tensor(trainer.state.output["g_loss"]))
+
+
+def test_conditional_batch_without_classes_is_refused():
+    trainer, _ = _trainer(handlers=False)
+    trainer.state.device = torch.device("cpu")
+    with pytest.raises(ValueError, match="needs a class"):
+        trainer._iteration(trainer, {"image": torch.zeros(2, 1, SIZE, SIZE)})
+
+
+def test_prepare_slice_batch_shapes():
+    images, classes = prepare_slice_batch({"image": torch.zeros(3, 1, 8, 8, 1), "class": [0, 1, 1]}, "cpu")
+    assert images.shape == (3, 1, 8, 8) and classes.tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match=r"shaped \(B, C, H, W, 1\)"):
+        prepare_slice_batch({"image": torch.zeros(3, 1, 8, 8, 2)}, "cpu")
+
+
+def _state(objects):
+    return {k: v.state_dict() for k, v in objects.items() if k != "random_state"}
+
+
+def _assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, objs_a = _trainer(tmp_path / "a", max_epochs=3)
+    straight.run()
+
+    first, _ = _trainer(tmp_path / "b", max_epochs=2)
+    first.run()
+    saved = load_checkpoint(tmp_path / "b")
+    assert saved["trainer"]["iteration"] == 6
+    resumed, objs_b = _trainer(tmp_path / "b", max_epochs=3)  # fresh objects, as a new process would have
+    started = []
+    resumed.add_event_handler(Events.ITERATION_STARTED, lambda e: started.append(e.state.iteration))
+    resumed.run()
+    assert started[0] == 7  # continued from the saved iteration
+    assert resumed.state.epoch == 3
+    _assert_same(saved["d_optimizer"], load_checkpoint(tmp_path / "b" / "checkpoint_epoch0002.pt")["d_optimizer"])
+    _assert_same(_state(objs_a), _state(objs_b))
+
+
+def test_divergence_guard_keeps_last_good_checkpoint(tmp_path):
+    trainer, obj = _trainer(tmp_path, max_epochs=3)
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def poison(engine):
+        if engine.state.epoch == 2 and engine.state.iteration == 5:
+            with torch.no_grad():
+                next(obj["discriminator"].parameters()).fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, iteration 5.*checkpoint_epoch0001\.pt"):
+        trainer.run()
+    assert [p.name for p in tmp_path.glob("checkpoint_*.pt")] == ["checkpoint_epoch0001.pt"]
+    good = load_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in good["discriminator"].values() if v.is_floating_point())
+    assert good["trainer"]["iteration"] == 3
