@@ -28,6 +28,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.12",
         "pillow>=9.0",
+        "fire>=0.5",  # the `python -m monai.bundle` command line needs it
     ],
     extras_require={
         "test": ["pytest>=7.4", "pydicom-data", "ruff"],

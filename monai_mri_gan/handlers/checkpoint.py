@@ -160,17 +160,20 @@ class GanCheckpointSaver:
         save_dict: objects with ``state_dict()``.
         every_n_epochs: epoch interval.
         keep_last: how many epoch checkpoints to keep (>= 1).
+        config: the resolved run configuration, stored under ``"config"`` (see :class:`RunConfig`).
 
     Raises:
         ValueError: on bad intervals.
     """
 
     def __init__(self, checkpoint_dir: str | os.PathLike, save_dict: Mapping[str, Any], every_n_epochs: int = 1,
-                 keep_last: int = 2) -> None:
+                 keep_last: int = 2, config: Mapping[str, Any] | None = None) -> None:
         if every_n_epochs < 1 or keep_last < 1:
             raise ValueError("every_n_epochs and keep_last must be >= 1.")
         self.checkpoint_dir = Path(checkpoint_dir)
         self.save_dict = dict(save_dict)
+        if config is not None:
+            self.save_dict["config"] = RunConfig(config)
         self.every_n_epochs = int(every_n_epochs)
         self.keep_last = int(keep_last)
         self.logger = logging.getLogger(__name__)

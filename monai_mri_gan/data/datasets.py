@@ -1,0 +1,223 @@
+"""Slice datasets: a cohort is read, normalised and cut into 2D slices once, then served from memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import Dataset, PersistentDataset
+from monai.transforms import Compose, LoadImaged, MapTransform, Orientationd, Spacingd
+from torch.utils.data import DataLoader
+
+from ..errors import DataError, ErrorPolicy
+from ..transforms import ExtractSlicesd, FitSliced, RobustNormalised
+from ..version import __version__
+from .readers import SimpleITKReader
+
+__all__ = ["CheckSameGridd", "slice_transforms", "SliceCohort", "SliceTensorDataset", "find_data_error"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckSameGridd(MapTransform):
+    """Check that every key's image lies on the reference key's voxel grid (shape and affine).
+
+    Args:
+        keys: keys to check (e.g. the mask).
+        ref_key: the image that defines the grid.
+        atol: tolerance on affine entries, in mm.
+        allow_missing_keys: skip keys that are absent.
+
+    Raises:
+        DataError: naming the mismatching file, when a shape or affine differs.
+    """
+
+    def __init__(self, keys: Sequence[str] | str, ref_key: str = "image", atol: float = 1e-3,
+                 allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
+        self.atol = atol
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        ref = d[self.ref_key]
+        for key in self.key_iterator(d):
+            img = d[key]
+            name = img.meta.get("filename_or_obj", key)
+            if tuple(img.shape[1:]) != tuple(ref.shape[1:]):
+                raise DataError(name, f"shape {tuple(img.shape[1:])} does not match its image's "
+                                      f"{tuple(ref.shape[1:])} ({ref.meta.get('filename_or_obj', self.ref_key)}).")
+            if not torch.allclose(img.affine.double(), ref.affine.double(), atol=self.atol):
+                raise DataError(name, "geometry (affine) does not match its image "
+                                      f"{ref.meta.get('filename_or_obj', self.ref_key)}.")
+        return d
+
+
+def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[float] | None = None,
+                     norm_mode: str = "percentile", lower: float = 0.5, upper: float = 99.5,
+                     min_foreground: float = 0.05, tumour_min_voxels: int = 1,
+                     volume_index: int | None = None) -> list[Callable]:
+    """The deterministic chain from a datalist item to training-size 2D slices.
+
+    Load (any supported source, geometry in RAS) -> check the mask's grid -> orient to RAS -> optional resampling
+    -> per-volume robust normalisation to [-1, 1] -> cut slices along ``axis`` (a list of slice items) -> fit each
+    slice to ``image_size`` x ``image_size``. Each slice keeps a full 4x4 affine.
+
+    Args:
+        image_size: training size in pixels.
+        axis: slicing axis in RAS voxel space (2 = axial).
+        spacing: optional target spacing in mm before slicing.
+        norm_mode: "percentile" or "zscore".
+        lower: lower percentile for clipping.
+        upper: upper percentile for clipping.
+        min_foreground: minimum head fraction of a slice to keep it.
+        tumour_min_voxels: mask voxels that make a slice a tumour slice.
+        volume_index: the volume to take from 4D inputs.
+
+    Returns:
+        a list of MONAI transforms, flat, so that caching datasets cache all of it.
+    """
+    keys = ["image", "label"]
+    chain: list[Callable] = [
+        LoadImaged(keys, reader=SimpleITKReader(volume_index=volume_index), ensure_channel_first=True,
+                   image_only=True, allow_missing_keys=True),
+        CheckSameGridd("label", ref_key="image"),
+        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")), allow_missing_keys=True),
+    ]
+    if spacing is not None:
+        chain.append(Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest"), allow_missing_keys=True))
+    chain += [
+        RobustNormalised("image", mode=norm_mode, lower=lower, upper=upper),
+        ExtractSlicesd(keys=("image",), label_key="label", axis=axis, min_foreground=min_foreground,
+                       tumour_min_voxels=tumour_min_voxels),
+        FitSliced(keys=("image",), label_key="label", spatial_size=image_size),
+    ]
+    return chain
+
+
+def find_data_error(exc: BaseException) -> DataError | None:
+    """The :class:`DataError` behind an exception, looking through MONAI's transform wrappers."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DataError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class _VolumeSlices(torch.utils.data.Dataset):
+    """Items of a MONAI dataset, with a :class:`DataError` returned (not raised) so workers can report it."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> list[dict] | DataError:
+        try:
+            return self.dataset[index]
+        except Exception as exc:
+            err = find_data_error(exc)
+            if err is None:
+                raise
+            return err
+
+
+def _unpack(batch: list) -> Any:
+    return batch[0]
+
+
+class SliceCohort(torch.utils.data.Dataset):
+    """All 2D slices of a cohort, cut once by :func:`slice_transforms` and kept in memory.
+
+    With ``cache_dir`` the per-volume results also go to a MONAI ``PersistentDataset`` on disk, keyed by the
+    slicing parameters, so a second run (or a second process) skips reading and normalising.
+
+    Args:
+        datalist: MONAI datalist items (``image``, optional ``label``, ``class``, ``subject``).
+        cache_dir: optional folder for the on-disk cache.
+        num_workers: worker processes for the first (cold) pass.
+        on_error: "raise" stops at the first bad volume; "skip" logs it, leaves it out and summarises at the end.
+        slice_kwargs: arguments of :func:`slice_transforms` (``image_size``, ``axis``, ``spacing``, ...).
+
+    Raises:
+        DataError: on a bad volume with ``on_error="raise"``, or when no slice is left.
+    """
+
+    def __init__(self, datalist: Sequence[dict], cache_dir: str | os.PathLike | None = None, num_workers: int = 0,
+                 on_error: str = "raise", **slice_kwargs: Any) -> None:
+        self.policy = ErrorPolicy(on_error)
+        self.slice_kwargs = slice_kwargs
+        transform = Compose(slice_transforms(**slice_kwargs))
+        datalist = [dict(item) for item in datalist]
+        if not datalist:
+            raise DataError("<datalist>", "no volumes to read.")
+        if cache_dir is not None:
+            key = hashlib.sha256(json.dumps([__version__, slice_kwargs], sort_keys=True, default=str).encode())
+            dataset = PersistentDataset(datalist, transform, cache_dir=Path(cache_dir) / key.hexdigest()[:16])
+        else:
+            dataset = Dataset(datalist, transform)
+        loader = DataLoader(_VolumeSlices(dataset), batch_size=1, num_workers=num_workers, collate_fn=_unpack)
+        self.slices: list[dict] = []
+        for result in loader:
+            if isinstance(result, DataError):
+                self.policy.handle(result)
+                continue
+            self.slices.extend(result if isinstance(result, list) else [result])
+        if self.policy.errors:
+            logger.warning(self.policy.summary())
+        if not self.slices:
+            raise DataError("<datalist>", f"no slices with enough foreground in {len(datalist)} volume(s).")
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.slices[index]
+
+    def class_counts(self) -> dict[int, int]:
+        """Number of slices per class."""
+        return dict(sorted(Counter(int(s.get("class", 0)) for s in self.slices).items()))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All slices as ``(N, C, H, W)`` float images and ``(N,)`` long classes (plain tensors, no metadata)."""
+        images = torch.stack([torch.as_tensor(s["image"]).as_subclass(torch.Tensor)[..., 0] for s in self.slices])
+        classes = torch.tensor([int(s.get("class", 0)) for s in self.slices], dtype=torch.long)
+        return images.float().contiguous(), classes
+
+    def training_dataset(self) -> SliceTensorDataset:
+        """A fast dataset of plain image tensors and classes for training."""
+        return SliceTensorDataset(*self.tensors())
+
+
+class SliceTensorDataset(torch.utils.data.Dataset):
+    """Slices held as one tensor: items ``{"image": (C, H, W), "class": int}``; thousands of slices per second.
+
+    Args:
+        images: ``(N, C, H, W)`` tensor.
+        classes: ``(N,)`` tensor of class indices.
+
+    Raises:
+        ValueError: when the lengths differ.
+    """
+
+    def __init__(self, images: torch.Tensor, classes: torch.Tensor) -> None:
+        if len(images) != len(classes):
+            raise ValueError(f"{len(images)} images but {len(classes)} classes.")
+        self.images = images
+        self.classes = classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index], "class": self.classes[index]}
