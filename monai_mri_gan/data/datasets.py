@@ -140,7 +140,9 @@ class SliceCohort(torch.utils.data.Dataset):
     """All 2D slices of a cohort, cut once by :func:`slice_transforms` and kept in memory.
 
     With ``cache_dir`` the per-volume results also go to a MONAI ``PersistentDataset`` on disk, keyed by the
-    slicing parameters, so a second run (or a second process) skips reading and normalising.
+    slicing parameters, so a second run (or a second process) skips reading and normalising. Cached slices carry
+    their metadata (``MetaTensor``), which ``weights_only`` loading refuses, so the cache is read with full
+    unpickling: point ``cache_dir`` only at a folder that this user's runs write.
 
     Args:
         datalist: MONAI datalist items (``image``, optional ``label``, ``class``, ``subject``).
@@ -163,7 +165,8 @@ class SliceCohort(torch.utils.data.Dataset):
             raise DataError("<datalist>", "no volumes to read.")
         if cache_dir is not None:
             key = hashlib.sha256(json.dumps([__version__, slice_kwargs], sort_keys=True, default=str).encode())
-            dataset = PersistentDataset(datalist, transform, cache_dir=Path(cache_dir) / key.hexdigest()[:16])
+            dataset = PersistentDataset(datalist, transform, cache_dir=Path(cache_dir) / key.hexdigest()[:16],
+                                        track_meta=True, weights_only=False)
         else:
             dataset = Dataset(datalist, transform)
         loader = DataLoader(_VolumeSlices(dataset), batch_size=1, num_workers=num_workers, collate_fn=_unpack)

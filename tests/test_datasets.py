@@ -1,0 +1,136 @@
+"""SliceCohort end to end: every slice pixel sits where SimpleITK says its source voxel is; error policy."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import oblique_affine
+from test_readers import write_dicom_series
+
+from monai_mri_gan.data import SliceCohort, SliceTensorDataset, resolve_datalist
+from monai_mri_gan.errors import DataError
+
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _nifti(path, data, affine):
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+    return str(path)
+
+
+def _sitk_volume(source):
+    if source.endswith(".nii.gz"):
+        return sitk.ReadImage(source)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(source))
+    return reader.Execute()
+
+
+def _check_slices_against_sitk(cohort, source):
+    """Each pixel of each slice equals the normalised voxel SimpleITK finds at the pixel's world point."""
+    ref = _sitk_volume(source)
+    voxels = sitk.GetArrayFromImage(ref).transpose(2, 1, 0).astype(np.float64)  # (x, y, z)
+    checked = 0
+    for item in cohort:
+        img = item["image"]
+        meta = img.meta
+        lo, hi = float(meta["norm_in_low"]), float(meta["norm_in_high"])
+        affine = img.affine.numpy()
+        values = img[0, :, :, 0].numpy()
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                world_lps = (LPS @ affine @ [i, j, 0, 1])[:3]
+                index = np.array(ref.TransformPhysicalPointToContinuousIndex(world_lps.tolist()))
+                nearest = np.round(index).astype(int)
+                inside = np.all(nearest >= 0) and np.all(nearest < np.array(ref.GetSize()))
+                if not inside:
+                    assert values[i, j] == pytest.approx(-1.0)  # padding
+                    continue
+                assert np.abs(index - nearest).max() < 1e-4  # the pixel lands on a voxel centre
+                expected = (np.clip(voxels[tuple(nearest)], lo, hi) - lo) / (hi - lo) * 2 - 1
+                assert values[i, j] == pytest.approx(expected, abs=1e-5)
+                checked += 1
+    assert checked > 0
+
+
+def test_nifti_cohort_geometry_matches_simpleitk(tmp_path, rng):
+    data = rng.integers(0, 1000, size=(9, 7, 4)).astype(np.int16)
+    path = _nifti(tmp_path / "vol.nii.gz", data, oblique_affine())
+    cohort = SliceCohort([{"image": path, "subject": "s1"}], image_size=9, min_foreground=0.0)
+    assert len(cohort) == 4
+    assert all(item["image"].shape == (1, 9, 9, 1) for item in cohort)
+    assert [item["slice_index"] for item in cohort] == [0, 1, 2, 3]
+    _check_slices_against_sitk(cohort, path)
+
+
+def test_dicom_cohort_geometry_matches_simpleitk(tmp_path):
+    folder = tmp_path / "series"
+    write_dicom_series(folder, shape=(9, 7, 4))
+    cohort = SliceCohort([{"image": str(folder), "subject": "s1"}], image_size=9, min_foreground=0.0)
+    assert len(cohort) == 4
+    _check_slices_against_sitk(cohort, str(folder))
+
+
+def test_classes_from_mask_and_tensor_view(tmp_path, rng):
+    affine = oblique_affine()
+    data = rng.integers(100, 1000, size=(10, 10, 5)).astype(np.int16)
+    mask = np.zeros_like(data, dtype=np.uint8)
+    mask[2:6, 2:6, 3] = 1  # 16 voxels on slice 3
+    mask[4, 4, 1] = 1  # one voxel on slice 1: below the threshold
+    item = {"image": _nifti(tmp_path / "v.nii.gz", data, affine),
+            "label": _nifti(tmp_path / "v_seg.nii.gz", mask, affine)}
+    cohort = SliceCohort([item], image_size=16, min_foreground=0.0, tumour_min_voxels=4)
+    assert [s["class"] for s in cohort] == [0, 0, 0, 1, 0]
+    assert cohort.class_counts() == {0: 4, 1: 1}
+    images, classes = cohort.tensors()
+    assert images.shape == (5, 1, 16, 16) and classes.tolist() == [0, 0, 0, 1, 0]
+    ds = cohort.training_dataset()
+    assert isinstance(ds, SliceTensorDataset) and torch.equal(ds[3]["image"], images[3])
+
+
+def test_bad_volume_raise_or_skip(tmp_path, rng, caplog):
+    good = _nifti(tmp_path / "good.nii.gz", rng.integers(0, 500, size=(8, 8, 3)).astype(np.int16), np.eye(4))
+    bad_data = rng.random((8, 8, 3)).astype(np.float32)
+    bad_data[1, 2, 0] = np.nan
+    bad = _nifti(tmp_path / "bad.nii.gz", bad_data, np.eye(4))
+    items = [{"image": good}, {"image": bad}]
+    with pytest.raises(DataError, match=r"bad\.nii\.gz.*(NaN|non-finite)"):
+        SliceCohort(items, image_size=8, min_foreground=0.0)
+    cohort = SliceCohort(items, image_size=8, min_foreground=0.0, on_error="skip")
+    assert len(cohort) == 3 and len(cohort.policy.errors) == 1
+    assert "1 input(s) skipped" in caplog.text and "bad.nii.gz" in caplog.text
+
+
+def test_mask_grid_mismatch_names_the_mask(tmp_path, rng):
+    image = _nifti(tmp_path / "img.nii.gz", rng.integers(0, 500, size=(8, 8, 3)).astype(np.int16), np.eye(4))
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    mask = _nifti(tmp_path / "img_seg.nii.gz", np.zeros((8, 8, 3), np.uint8), shifted)
+    with pytest.raises(DataError, match=r"img_seg\.nii\.gz.*geometry"):
+        SliceCohort([{"image": image, "label": mask}], image_size=8)
+    small = _nifti(tmp_path / "small_seg.nii.gz", np.zeros((8, 8, 2), np.uint8), np.eye(4))
+    with pytest.raises(DataError, match=r"small_seg\.nii\.gz.*shape"):
+        SliceCohort([{"image": image, "label": small}], image_size=8)
+
+
+def test_persistent_cache_gives_same_slices(tmp_path, rng):
+    path = _nifti(tmp_path / "vol.nii.gz", rng.integers(0, 900, size=(9, 7, 4)).astype(np.int16), oblique_affine())
+    first = SliceCohort([{"image": path}], image_size=16, min_foreground=0.0, cache_dir=tmp_path / "cache")
+    assert any((tmp_path / "cache").rglob("*.pt"))
+    (tmp_path / "vol.nii.gz").unlink()  # the second read must come from the cache alone
+    second = SliceCohort([{"image": path}], image_size=16, min_foreground=0.0, cache_dir=tmp_path / "cache")
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.allclose(a["image"].affine, b["image"].affine)
+
+
+def test_resolve_datalist_user_datalist(tmp_path, rng):
+    path = _nifti(tmp_path / "a.nii.gz", rng.integers(0, 9, size=(4, 4, 2)).astype(np.int16), np.eye(4))
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": "a.nii.gz", "class": 1}]}))
+    items = resolve_datalist(datalist=tmp_path / "list.json")
+    assert items[0]["image"] == path and items[0]["class"] == 1
