@@ -1,0 +1,43 @@
+"""Offline metrics of generated slices: feature extractors, FID, KID, precision/recall, diversity, memorisation."""
+
+from __future__ import annotations
+
+from .distances import (
+    frechet_distance,
+    kernel_inception_distance,
+    polynomial_mmd2_unbiased,
+    precision_recall,
+    real_vs_real_baseline,
+)
+from .diversity import ms_ssim_diversity, ms_ssim_settings
+from .features import (
+    EncoderFeatureExtractor,
+    FeatureExtractor,
+    LocalWeightsFeatureExtractor,
+    RadiomicsFeatureExtractor,
+    build_backbone,
+    build_feature_extractor,
+    feature_extractor_names,
+    register_feature_extractor,
+)
+from .memorisation import memorisation_report, save_closest_pairs_png
+
+__all__ = [
+    "EncoderFeatureExtractor",
+    "FeatureExtractor",
+    "LocalWeightsFeatureExtractor",
+    "RadiomicsFeatureExtractor",
+    "build_backbone",
+    "build_feature_extractor",
+    "feature_extractor_names",
+    "frechet_distance",
+    "kernel_inception_distance",
+    "memorisation_report",
+    "ms_ssim_diversity",
+    "ms_ssim_settings",
+    "polynomial_mmd2_unbiased",
+    "precision_recall",
+    "real_vs_real_baseline",
+    "register_feature_extractor",
+    "save_closest_pairs_png",
+]
