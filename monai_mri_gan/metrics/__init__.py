@@ -41,3 +41,29 @@ __all__ = [
     "register_feature_extractor",
     "save_closest_pairs_png",
 ]
+
+from .classifier import (
+    CLASSIFIER_FEATURE_LAYER,
+    build_slice_classifier,
+    class_fidelity,
+    classifier_feature_extractor,
+    load_slice_classifier,
+    predict_classes,
+    save_slice_classifier,
+    train_slice_classifier,
+)
+from .report import save_metric_bars_png, save_sample_grid_png, write_json_atomic
+
+__all__ += [
+    "CLASSIFIER_FEATURE_LAYER",
+    "build_slice_classifier",
+    "class_fidelity",
+    "classifier_feature_extractor",
+    "load_slice_classifier",
+    "predict_classes",
+    "save_metric_bars_png",
+    "save_sample_grid_png",
+    "save_slice_classifier",
+    "train_slice_classifier",
+    "write_json_atomic",
+]
