@@ -31,7 +31,7 @@ setup(
         "fire>=0.5",  # the `python -m monai.bundle` command line needs it
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pydicom-data", "ruff"],
+        "test": ["pytest>=7.4", "pydicom-data", "ruff", "jsonschema"],  # jsonschema: offline bundle metadata check
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9.0", "mkdocstrings[python]>=0.24"],
         "mlflow": ["mlflow>=2.8"],
     },

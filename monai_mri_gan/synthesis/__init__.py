@@ -1,5 +1,6 @@
 """Synthesis: write generated slices to NIfTI with their reference's geometry and a provenance sidecar."""
 
+from .augmentation import AUGMENTED_DATALIST, build_balanced_set, synthetic_quota
 from .provenance import (
     PHI_KEYS,
     atomic_write_bytes,
@@ -13,21 +14,40 @@ from .provenance import (
     synthetic_descrip,
     write_sidecar,
 )
+from .sampler import (
+    SliceSynthesiser,
+    as_flag,
+    build_generator,
+    cohort_from_checkpoint_config,
+    generator_from_checkpoint,
+    resolve_checkpoint,
+    slicing_kwargs,
+)
 from .writer import SyntheticSliceWriter, cast_to_dtype, write_synthetic_slice
 
 __all__ = [
+    "AUGMENTED_DATALIST",
     "PHI_KEYS",
+    "SliceSynthesiser",
     "SyntheticSliceWriter",
+    "as_flag",
     "atomic_write_bytes",
+    "build_balanced_set",
+    "build_generator",
+    "cohort_from_checkpoint_config",
     "cast_to_dtype",
     "find_forbidden",
     "find_phi_keys",
+    "generator_from_checkpoint",
     "provenance_record",
+    "resolve_checkpoint",
     "scrub_check",
     "sha256_file",
     "sha256_text",
     "sidecar_path",
+    "slicing_kwargs",
     "synthetic_descrip",
+    "synthetic_quota",
     "write_sidecar",
     "write_synthetic_slice",
 ]

@@ -1,0 +1,635 @@
+"""Sample synthetic slices from a trained generator and write them with a real reference slice's geometry.
+
+:class:`SliceSynthesiser` rebuilds the generator from a checkpoint's own run configuration (never from a bundle's
+current hyperparameters), draws latent vectors from a seeded ``torch.Generator``, and writes each sample as a
+NIfTI slice that borrows the full 4x4 affine, intensity units and dtype of a real reference slice of the requested
+class, with a provenance sidecar (see :mod:`monai_mri_gan.synthesis.provenance`). Reference slices come from a
+:class:`~monai_mri_gan.data.SliceCohort` cut with the checkpoint's slicing configuration and image size, so a
+reference slice lies on exactly the grid the generator draws on.
+
+Sampling is reproducible: the latent vectors of ``num_samples`` samples of one class are
+``torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(seed))`` (row ``i`` for sample
+``i``; every class uses the same rows), and reference slices are a seeded permutation of the class's slices. Two
+runs with the same checkpoint, references and seed write identical files except the ``created`` time of the
+sidecars.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, Orientation, Spacing
+from monai.utils import convert_to_numpy
+
+from ..data import SliceCohort, resolve_datalist, slice_transforms
+from ..data.readers import SimpleITKReader
+from ..handlers.checkpoint import latest_checkpoint, load_checkpoint
+from ..networks import SliceGenerator
+from ..transforms.intensity import invert_normalisation
+from .provenance import provenance_record, sha256_file, sha256_text, sidecar_path
+from .writer import SyntheticSliceWriter
+
+__all__ = [
+    "SUPPORTED_GENERATORS",
+    "SliceSynthesiser",
+    "as_flag",
+    "build_generator",
+    "cohort_from_checkpoint_config",
+    "generator_from_checkpoint",
+    "resolve_checkpoint",
+    "slicing_kwargs",
+]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_GENERATORS = ("monai_mri_gan.networks.SliceGenerator", "monai_mri_gan.networks.generator.SliceGenerator")
+"""Generator classes a checkpoint's ``config["generator"]`` may name; anything else is refused, not imported."""
+
+_SLICE_PARAMETERS = frozenset(inspect.signature(slice_transforms).parameters) - {"image_size"}
+_UNCONDITIONAL = "unconditional"
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` names: the file itself, or a training output folder's latest checkpoint.
+
+    Args:
+        path: a ``checkpoint_epochNNNN.pt`` file or a folder of them.
+
+    Raises:
+        FileNotFoundError: when there is no checkpoint at ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint_epochNNNN.pt in this folder.")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found.")
+    return path
+
+
+def build_generator(config: Mapping[str, Any]) -> SliceGenerator:
+    """A freshly initialised generator with the architecture recorded in a checkpoint's run configuration.
+
+    Args:
+        config: the checkpoint's ``"config"`` entry (``image_size``, ``latent_dim``, ``num_classes``,
+            ``g_channels`` and optionally ``channels``, ``max_channels``, ``embedding_dim``, ``generator``).
+
+    Raises:
+        ValueError: when ``config["generator"]`` names a class other than :data:`SUPPORTED_GENERATORS`.
+        KeyError: when a required entry is missing.
+    """
+    name = config.get("generator", SUPPORTED_GENERATORS[0])
+    if name not in SUPPORTED_GENERATORS:
+        raise ValueError(f"the checkpoint's generator {name!r} is not one of {SUPPORTED_GENERATORS}.")
+    return SliceGenerator(
+        latent_dim=int(config["latent_dim"]),
+        image_size=int(config["image_size"]),
+        channels=int(config.get("channels", 1)),
+        base_channels=None if config.get("g_channels") is None else int(config["g_channels"]),
+        max_channels=int(config.get("max_channels", 256)),
+        num_classes=int(config.get("num_classes", 0)),
+        embedding_dim=int(config.get("embedding_dim", 32)),
+    )
+
+
+def generator_from_checkpoint(
+    path: str | os.PathLike,
+    load_weights: bool = True,
+    use_ema: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> SliceGenerator:
+    """The generator of a checkpoint, built from the checkpoint's own run configuration, in eval mode.
+
+    With ``load_weights=False`` only the architecture is taken from the checkpoint, e.g. for
+    ``python -m monai.bundle ckpt_export``, which loads the weights itself (``--key_in_ckpt ema_generator``).
+
+    Args:
+        path: a checkpoint file, or a training output folder (its latest checkpoint).
+        load_weights: load the weights too.
+        use_ema: load ``ema_generator`` (the exponential moving average, usually better) rather than ``generator``.
+        map_location: device to load the weights to.
+
+    Raises:
+        FileNotFoundError: when there is no checkpoint at ``path``.
+        KeyError: when the checkpoint has no ``config`` or no weights under the requested key.
+    """
+    checkpoint = load_checkpoint(resolve_checkpoint(path), map_location=map_location)
+    if "config" not in checkpoint:
+        raise KeyError(f"{path}: the checkpoint has no 'config' entry to rebuild the generator from.")
+    generator = build_generator(checkpoint["config"])
+    if load_weights:
+        key = "ema_generator" if use_ema else "generator"
+        if key not in checkpoint:
+            raise KeyError(f"{path}: the checkpoint has no {key!r} weights.")
+        generator.load_state_dict(checkpoint[key])
+    return generator.to(map_location).eval()
+
+
+def slicing_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`~monai_mri_gan.data.slice_transforms` arguments of a checkpoint's run configuration.
+
+    Args:
+        config: the checkpoint's ``"config"`` entry, with ``image_size`` and a ``slicing`` mapping.
+    """
+    slicing = dict(config.get("slicing") or {})
+    kwargs = {k: v for k, v in slicing.items() if k in _SLICE_PARAMETERS}
+    kwargs["image_size"] = int(config["image_size"])
+    return kwargs
+
+
+def cohort_from_checkpoint_config(
+    config: Mapping[str, Any],
+    datalist: Sequence[dict],
+    cache_dir: str | os.PathLike | None = None,
+    on_error: str = "raise",
+    **overrides: Any,
+) -> SliceCohort:
+    """A slice cohort cut exactly as the checkpoint's training data was (slicing configuration and image size).
+
+    Args:
+        config: the checkpoint's ``"config"`` entry.
+        datalist: datalist items (``image``, optional ``label``, ``class``, ``subject``).
+        cache_dir: optional on-disk cache of the cohort.
+        on_error: "raise" or "skip" bad volumes.
+        overrides: slicing arguments to change (e.g. ``min_foreground=0.0`` to keep every slice).
+    """
+    kwargs = {**slicing_kwargs(config), **overrides}
+    return SliceCohort(datalist, cache_dir=cache_dir, on_error=on_error, **kwargs)
+
+
+def as_flag(value: bool | str, name: str = "flag") -> bool:
+    """A boolean option from a bool or, as command lines pass them, the strings ``"true"``/``"false"`` (any case).
+
+    Args:
+        value: the option's value.
+        name: the option's name, for the error message.
+
+    Raises:
+        ValueError: for any other value (``bool("false")`` would be True).
+    """
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def _file_token(name: str) -> str:
+    """``name`` reduced to characters that are safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-") or "class"
+
+
+def _volume_affine(slice_affine: np.ndarray, index: int) -> np.ndarray:
+    """The affine of slice 0 of a stack whose slice ``index`` has ``slice_affine`` (through-plane axis last)."""
+    affine = np.array(slice_affine, dtype=np.float64)
+    affine[:3, 3] -= affine[:3, 2] * index
+    return affine
+
+
+class SliceSynthesiser:
+    """Sample a trained slice generator and write each sample with a real reference slice's geometry and units.
+
+    For each requested class, ``num_samples`` latent vectors are drawn (see the module docstring), passed through
+    the generator (rebuilt from the checkpoint's ``config``; EMA weights by default), and each output slice is:
+
+    - given a reference slice of the same class, picked from the reference cohort by a seeded permutation
+      (an unconditional generator takes any slice), or the one slice the user names with ``reference_image`` and
+      ``reference_slice``;
+    - mapped back to the reference volume's intensity units and dtype with
+      :func:`~monai_mri_gan.transforms.invert_normalisation`;
+    - written with the reference slice's 4x4 affine as ``synthetic_<class>_<seed>_<index:05d>.nii.gz`` plus its
+      provenance sidecar (``.json``) by :class:`~monai_mri_gan.synthesis.SyntheticSliceWriter`.
+
+    With ``stack_volume`` the slices that borrow one reference volume's geometry are also written into one 3D
+    volume per class on that volume's fitted grid (``image_size`` x ``image_size`` x the volume's slices, affine of
+    slice 0), ``synthetic_<class>_<seed>_volume-<hash>.nii.gz``, where ``<hash>`` is a one-way hash of the
+    reference. Samples that share a slice index go into further volumes (``...-<hash>-1``, ...).
+
+    Every destination is checked before anything is generated, and every file is written to a temporary name and
+    renamed into place, so an existing output is never replaced unless ``overwrite`` is set and an interrupted
+    run leaves only complete NIfTI + sidecar pairs. Reference paths appear in outputs and log lines only as hashes.
+
+    .. code-block:: python
+
+        synthesiser = SliceSynthesiser("runs/brain_mri_gan", "runs/synthetic", num_samples=16, classes=["tumour"])
+        written = synthesiser.run()  # [{"image": Path, "provenance": Path, "class": 1, ...}, ...]
+
+    Args:
+        ckpt_path: a checkpoint file, or a training output folder (its latest checkpoint is used).
+        output_dir: folder of the synthetic files (created when missing).
+        num_samples: samples per class, or a mapping class (name or index) -> samples (its keys are then the
+            classes and ``classes`` must be None).
+        classes: class names or indices to sample; None for every class of the checkpoint. Must be None for an
+            unconditional generator.
+        seed: seed of the latent vectors and of the choice of reference slices.
+        dataset_dir: folder of reference volumes (see :func:`~monai_mri_gan.data.resolve_datalist`).
+        datalist: datalist JSON of reference volumes; with ``dataset_dir`` also None, the embedded demo cohort.
+        cohort: an already built reference cohort (it must be cut with the checkpoint's slicing configuration and
+            image size, see :func:`cohort_from_checkpoint_config`); replaces ``dataset_dir`` and ``datalist``.
+        reference_image: a volume (file or DICOM series folder) whose slice ``reference_slice`` every sample
+            borrows, instead of reference slices from a cohort.
+        reference_slice: index of that slice along the slicing axis of the volume oriented to RAS (as
+            :class:`~monai_mri_gan.data.SliceCohort` counts slices and records ``slice_index``).
+        overwrite: replace existing outputs.
+        compress: write ``.nii.gz`` (else ``.nii``).
+        use_ema: sample the EMA generator (else the raw generator).
+        stack_volume: also write the slices stacked into volumes on their reference volumes' grids.
+        write_slices: write the single slices (set False with ``stack_volume`` to write volumes only).
+        device: device of the generator; None for CPU.
+        batch_size: samples per generator forward pass.
+        cache_dir: optional on-disk cache of the reference cohort.
+        on_error: "raise" or "skip" bad reference volumes.
+
+    Raises:
+        FileNotFoundError: when there is no checkpoint at ``ckpt_path``.
+        ValueError: for an unknown class, classes with an unconditional generator, a negative number of samples,
+            ``reference_image`` without ``reference_slice``, or nothing to write.
+    """
+
+    def __init__(
+        self,
+        ckpt_path: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        num_samples: int | Mapping[Any, int] = 8,
+        classes: Sequence[str | int] | str | int | None = None,
+        seed: int = 0,
+        dataset_dir: str | os.PathLike | None = None,
+        datalist: str | os.PathLike | None = None,
+        cohort: SliceCohort | None = None,
+        reference_image: str | os.PathLike | None = None,
+        reference_slice: int | None = None,
+        overwrite: bool = False,
+        compress: bool = True,
+        use_ema: bool = True,
+        stack_volume: bool = False,
+        write_slices: bool = True,
+        device: str | torch.device | None = None,
+        batch_size: int = 64,
+        cache_dir: str | os.PathLike | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        if (reference_image is None) != (reference_slice is None):
+            raise ValueError("reference_image and reference_slice go together: give both or neither.")
+        if not (as_flag(write_slices, "write_slices") or as_flag(stack_volume, "stack_volume")):
+            raise ValueError("nothing to write: write_slices and stack_volume are both False.")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.checkpoint_path = resolve_checkpoint(ckpt_path)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        checkpoint = load_checkpoint(self.checkpoint_path, map_location="cpu")
+        if "config" not in checkpoint:
+            raise KeyError(f"{self.checkpoint_path}: the checkpoint has no 'config' entry.")
+        self.config: dict[str, Any] = dict(checkpoint["config"])
+        self.use_ema = as_flag(use_ema, "use_ema")
+        weights_key = "ema_generator" if self.use_ema else "generator"
+        self.generator = build_generator(self.config)
+        self.generator.load_state_dict(checkpoint[weights_key])
+        self.generator.to(self.device).eval()
+        del checkpoint
+        self.checkpoint_sha256 = sha256_file(self.checkpoint_path)
+        self.num_classes = int(self.config.get("num_classes", 0))
+        self.class_names = [str(c) for c in (self.config.get("class_names") or [])]
+        self.output_dir = Path(output_dir)
+        self.seed = int(seed)
+        self.num_samples = self._resolve_num_samples(num_samples, classes)
+        self.dataset_dir = dataset_dir
+        self.datalist = datalist
+        self.reference_image = reference_image
+        self.reference_slice = None if reference_slice is None else int(reference_slice)
+        self.overwrite = as_flag(overwrite, "overwrite")
+        self.compress = as_flag(compress, "compress")
+        self.stack_volume = as_flag(stack_volume, "stack_volume")
+        self.write_slices = as_flag(write_slices, "write_slices")
+        self.batch_size = int(batch_size)
+        self.cache_dir = cache_dir
+        self.on_error = on_error
+        self._cohort = cohort
+        self.writer = SyntheticSliceWriter(overwrite=self.overwrite)
+        self.timings: dict[str, float] = {}
+
+    def class_index(self, value: str | int) -> int:
+        """The index of a class given by name or index.
+
+        Raises:
+            ValueError: for an unknown class, or any class with an unconditional generator.
+        """
+        if self.num_classes == 0:
+            raise ValueError("this generator is unconditional: it takes no class.")
+        if isinstance(value, str) and not value.lstrip("-").isdigit():
+            if value not in self.class_names:
+                raise ValueError(f"unknown class {value!r}; the checkpoint's classes are {self.class_names}.")
+            return self.class_names.index(value)
+        index = int(value)
+        if not 0 <= index < self.num_classes:
+            raise ValueError(f"class index {index} is outside 0..{self.num_classes - 1}.")
+        return index
+
+    def class_name(self, index: int | None) -> str:
+        """The name of class ``index`` (``"unconditional"`` for None)."""
+        if index is None:
+            return _UNCONDITIONAL
+        return self.class_names[index] if index < len(self.class_names) else f"class{index}"
+
+    def _resolve_num_samples(
+        self, num_samples: int | Mapping[Any, int], classes: Sequence[str | int] | str | int | None
+    ) -> dict[int | None, int]:
+        """Samples per class index (None: unconditional), in the order requested."""
+        if isinstance(num_samples, Mapping):
+            if classes is not None:
+                raise ValueError("give classes either as the keys of num_samples or as classes, not both.")
+            counts = {self.class_index(c): int(n) for c, n in num_samples.items()}
+        elif self.num_classes == 0:
+            if classes not in (None, [], ()):
+                raise ValueError("this generator is unconditional: classes must be None.")
+            counts = {None: int(num_samples)}
+        else:
+            wanted = range(self.num_classes) if classes is None else classes
+            if isinstance(wanted, str | int):
+                wanted = [wanted]
+            counts = {self.class_index(c): int(num_samples) for c in wanted}
+        bad = {self.class_name(c): n for c, n in counts.items() if n < 0}
+        if bad:
+            raise ValueError(f"the number of samples must not be negative, got {bad}.")
+        return counts
+
+    @property
+    def reference_cohort(self) -> SliceCohort:
+        """The reference slices, cut with the checkpoint's slicing configuration (built on first use)."""
+        if self._cohort is None:
+            if self.reference_image is not None:
+                items = [{"image": str(self.reference_image)}]
+                # every slice is a candidate: the user named the one to use
+                self._cohort = cohort_from_checkpoint_config(self.config, items, on_error="raise", min_foreground=0.0)
+            else:
+                items = resolve_datalist(self.dataset_dir, self.datalist)
+                self._cohort = cohort_from_checkpoint_config(self.config, items, self.cache_dir, self.on_error)
+        return self._cohort
+
+    def reference_positions(self, class_index: int | None, count: int) -> list[int]:
+        """Positions in :attr:`reference_cohort` of the reference slices of ``count`` samples of a class.
+
+        The class's slices are taken in a permutation seeded by ``seed`` and the class, repeated as often as
+        needed, so references repeat only when there are more samples than slices.
+
+        Raises:
+            ValueError: when the cohort has no slice of the class, or the named reference slice does not exist.
+        """
+        cohort = self.reference_cohort
+        if self.reference_image is not None:
+            found = [i for i, s in enumerate(cohort) if int(s["slice_index"]) == self.reference_slice]
+            if not found:
+                raise ValueError(f"reference_slice {self.reference_slice} is not a slice of the reference volume.")
+            return found[:1] * count
+        candidates = [i for i, s in enumerate(cohort) if class_index is None or int(s["class"]) == class_index]
+        if not candidates:
+            raise ValueError(f"the reference cohort has no slice of class {self.class_name(class_index)!r}.")
+        rng = np.random.default_rng([self.seed, 0 if class_index is None else class_index + 1])
+        positions: list[int] = []
+        while len(positions) < count:
+            positions.extend(int(p) for p in rng.permutation(candidates))
+        return positions[:count]
+
+    def latents(self, count: int) -> torch.Tensor:
+        """Latent vectors of samples ``0..count-1``, ``(count, latent_dim)``, drawn on CPU with seed ``seed``."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randn(count, int(self.config["latent_dim"]), generator=generator)
+
+    @torch.no_grad()
+    def generate(self, class_index: int | None, count: int) -> torch.Tensor:
+        """Generator outputs of samples ``0..count-1`` of a class, in training space: ``(count, C, S, S)`` on CPU."""
+        z = self.latents(count)
+        labels = None if class_index is None else torch.full((count,), int(class_index), dtype=torch.long)
+        out = []
+        for start in range(0, count, self.batch_size):
+            batch_labels = None if labels is None else labels[start : start + self.batch_size].to(self.device)
+            out.append(self.generator(z[start : start + self.batch_size].to(self.device), batch_labels).float().cpu())
+        size = int(self.config["image_size"])
+        return torch.cat(out) if out else torch.zeros(0, int(self.config.get("channels", 1)), size, size)
+
+    def _suffix(self) -> str:
+        return ".nii.gz" if self.compress else ".nii"
+
+    def slice_path(self, class_index: int | None, sample_index: int) -> Path:
+        """The file of one synthetic slice: ``synthetic_<class>_<seed>_<index:05d>.nii.gz``."""
+        name = f"synthetic_{_file_token(self.class_name(class_index))}_{self.seed}_{sample_index:05d}{self._suffix()}"
+        return self.output_dir / name
+
+    def volume_path(self, class_index: int | None, source: str, layer: int) -> Path:
+        """The file of a stacked volume: ``synthetic_<class>_<seed>_volume-<hash>[-<layer>].nii.gz``."""
+        tag = f"volume-{sha256_text(source)[:12]}" + (f"-{layer}" if layer else "")
+        name = f"synthetic_{_file_token(self.class_name(class_index))}_{self.seed}_{tag}{self._suffix()}"
+        return self.output_dir / name
+
+    def plan(self) -> list[dict[str, Any]]:
+        """What :meth:`run` will write: one entry per class with its reference positions and stacked volumes."""
+        cohort = self.reference_cohort
+        plans = []
+        for class_index, count in self.num_samples.items():
+            positions = self.reference_positions(class_index, count) if count else []
+            volumes: dict[str, list[list[int]]] = {}
+            for sample_index, position in enumerate(positions):
+                source = str(cohort[position]["image"].meta.get("filename_or_obj"))
+                layers = volumes.setdefault(source, [])
+                k = int(cohort[position]["slice_index"])
+                for layer in layers:
+                    if all(int(cohort[positions[s]]["slice_index"]) != k for s in layer):
+                        layer.append(sample_index)
+                        break
+                else:
+                    layers.append([sample_index])
+            plans.append({"class_index": class_index, "count": count, "positions": positions, "volumes": volumes})
+        return plans
+
+    def _destinations(self, plans: list[dict[str, Any]]) -> list[Path]:
+        paths: list[Path] = []
+        for p in plans:
+            if self.write_slices:
+                paths.extend(self.slice_path(p["class_index"], i) for i in range(p["count"]))
+            if self.stack_volume:
+                for source, layers in p["volumes"].items():
+                    paths.extend(self.volume_path(p["class_index"], source, n) for n in range(len(layers)))
+        return paths
+
+    def _check_destinations(self, paths: list[Path]) -> None:
+        if self.overwrite:
+            return
+        for path in paths:
+            for candidate in (path, sidecar_path(path)):
+                if candidate.exists():
+                    raise FileExistsError(f"{candidate}: exists; pass overwrite=True to replace it (nothing written).")
+
+    def _record(
+        self, class_index: int | None, sample_index: int, count: int, reference: MetaTensor, affine: np.ndarray,
+        slice_index: int, extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        meta = reference.meta
+        return provenance_record(
+            generator_name=str(self.config.get("generator", SUPPORTED_GENERATORS[0])),
+            generator_version=str(self.config.get("version", "unknown")),
+            checkpoint_sha256=self.checkpoint_sha256,
+            seed=self.seed,
+            sample_index=sample_index,
+            class_name=None if class_index is None else self.class_name(class_index),
+            class_index=class_index,
+            reference_source=str(meta.get("filename_or_obj")),
+            reference_slice_index=slice_index,
+            reference_affine=affine,
+            reference_axis=int(meta.get("slice_axis", self.config.get("slicing", {}).get("axis", 2))),
+            extra={
+                "weights": "ema_generator" if self.use_ema else "generator",
+                "latent": {
+                    "distribution": "standard normal",
+                    "draw": "torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(seed))",
+                    "num_samples": int(count),
+                    "row": int(sample_index),
+                },
+                "reference_choice": "named" if self.reference_image is not None else "cohort",
+                "intensity": {
+                    "dtype": str(meta.get("source_dtype") or "float32"),
+                    "norm_mode": str(meta.get("norm_mode")),
+                    "source_low": float(meta["norm_in_low"]),
+                    "source_high": float(meta["norm_in_high"]),
+                },
+                "image_size": int(self.config["image_size"]),
+                **(extra or {}),
+            },
+        )
+
+    @staticmethod
+    def _background(reference: MetaTensor) -> float:
+        """The reference's background in source units: the low end of the training range mapped back."""
+        low = np.asarray([float(reference.meta.get("norm_out_low", -1.0))])
+        return float(invert_normalisation(low, reference.meta)[0])
+
+    def _volume_depth(self, source: str) -> int:
+        """The number of slices of a reference volume along the slicing axis, as the cohort cut it."""
+        kwargs = slicing_kwargs(self.config)
+        image = LoadImage(reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)(source)
+        image = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
+        if kwargs.get("spacing") is not None:
+            image = Spacing(pixdim=tuple(kwargs["spacing"]), mode="bilinear")(image)
+        return int(image.shape[1 + int(kwargs.get("axis", 2))])
+
+    def run(self, num_samples: int | Mapping[Any, int] | None = None) -> list[dict[str, Any]]:
+        """Generate and write every requested sample (and stacked volume).
+
+        Args:
+            num_samples: replaces the constructor's ``num_samples`` (and ``classes``) for this run.
+
+        The time spent generating and writing (inverse normalisation, NIfTI and sidecar) is kept in
+        :attr:`timings` (``generate_s``, ``write_s``).
+
+        Returns:
+            one entry per written file pair: ``image`` and ``provenance`` paths, ``kind`` ("slice" or
+            "volume"), ``class`` (index or None), ``class_name``, ``sample_index`` (slices) or ``sample_indices``
+            (volumes).
+
+        Raises:
+            FileExistsError: when a destination exists and ``overwrite`` is False (checked before writing).
+            BaseException: whatever interrupts the run; files written so far stay (each a complete NIfTI and
+                sidecar pair) and temporary files staged for the rest are removed.
+            ValueError: see :meth:`reference_positions`.
+        """
+        if num_samples is not None:
+            self.num_samples = self._resolve_num_samples(num_samples, None)
+        plans = self.plan()
+        destinations = self._destinations(plans)
+        self._check_destinations(destinations)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run(plans)
+        except BaseException:
+            self._remove_staged(destinations)
+            raise
+
+    @staticmethod
+    def _remove_staged(destinations: list[Path]) -> None:
+        """Remove temporary files staged for ``destinations`` that an interruption left before their rename."""
+        for path in destinations:
+            for target in (path, sidecar_path(path)):
+                for staged in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+                    staged.unlink(missing_ok=True)
+
+    def _run(self, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Generate and write the planned samples; see :meth:`run`."""
+        cohort = self.reference_cohort
+        written: list[dict[str, Any]] = []
+        self.timings = {"generate_s": 0.0, "write_s": 0.0}
+        for p in plans:
+            class_index, count, positions = p["class_index"], p["count"], p["positions"]
+            if not count:
+                continue
+            start = time.perf_counter()
+            images = self.generate(class_index, count)
+            self.timings["generate_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            name = self.class_name(class_index)
+            slices: list[np.ndarray] = []
+            for sample_index, position in enumerate(positions):
+                reference = cohort[position]["image"]
+                values = invert_normalisation(images[sample_index].unsqueeze(-1), reference.meta)
+                slices.append(values)
+                if not self.write_slices:
+                    continue
+                affine = np.asarray(convert_to_numpy(reference.affine), dtype=np.float64)
+                slice_index = int(cohort[position]["slice_index"])
+                record = self._record(class_index, sample_index, count, reference, affine, slice_index)
+                source = str(reference.meta.get("filename_or_obj"))
+                path = self.slice_path(class_index, sample_index)
+                nifti, sidecar = self.writer.write_slice(
+                    values, path, record, affine=affine, overwrite=self.overwrite, forbidden_values=[source]
+                )
+                written.append({"image": nifti, "provenance": sidecar, "kind": "slice", "class": class_index,
+                                "class_name": name, "sample_index": sample_index})
+            if self.write_slices:
+                logger.info("wrote %d synthetic %s slice(s) from %d reference volume(s) to %s",
+                            count, name, len(p["volumes"]), self.output_dir)
+            if self.stack_volume:
+                written.extend(self._write_volumes(p, slices))
+            self.timings["write_s"] += time.perf_counter() - start
+        return written
+
+    def _write_volumes(self, p: dict[str, Any], slices: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Write the stacked volumes of one class's plan."""
+        cohort = self.reference_cohort
+        class_index, count, positions = p["class_index"], p["count"], p["positions"]
+        written = []
+        for source, layers in p["volumes"].items():
+            depth = self._volume_depth(source)
+            for layer, members in enumerate(layers):
+                first = cohort[positions[members[0]]]
+                k0 = int(first["slice_index"])
+                volume_affine = _volume_affine(convert_to_numpy(first["image"].affine), k0)
+                indices = [int(cohort[positions[s]]["slice_index"]) for s in members]
+                planes = [
+                    MetaTensor(torch.as_tensor(slices[s]), affine=torch.as_tensor(cohort[positions[s]]["image"].affine))
+                    for s in members
+                ]
+                size = int(self.config["image_size"])
+                record = self._record(class_index, members[0], count, first["image"], volume_affine, 0,
+                                      extra={"sample_indices": members})
+                path = self.volume_path(class_index, source, layer)
+                nifti, sidecar = self.writer.write_volume(
+                    planes, indices, volume_affine, (size, size, depth), path, record, axis=2,
+                    background=self._background(first["image"]), overwrite=self.overwrite,
+                    forbidden_values=[source],
+                )
+                written.append({"image": nifti, "provenance": sidecar, "kind": "volume", "class": class_index,
+                                "class_name": self.class_name(class_index), "sample_indices": members})
+                logger.info("wrote a synthetic %s volume of %d slice(s) on reference volume %s",
+                            self.class_name(class_index), len(members), sha256_text(source)[:12])
+        return written
+
