@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from monai_mri_gan.networks import SliceDiscriminator, SliceGenerator, build_networks, feature_channels
+from monai_mri_gan.networks import (
+    SliceDiscriminator,
+    SliceGenerator,
+    build_networks,
+    feature_channels,
+    minibatch_stddev,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +38,8 @@ def test_channel_schedule():
     generator = SliceGenerator(latent_dim=8, image_size=64)
     assert generator.initial_channels == 256 and generator.to_image.conv.in_channels == 32
     discriminator = SliceDiscriminator(image_size=64)
-    assert discriminator.blocks[0].conv.out_channels == 32 and discriminator.feature_dim == 256 * 16
+    assert discriminator.blocks[0].conv.out_channels == 32 and discriminator.feature_dim == (256 + 1) * 16
+    assert SliceDiscriminator(image_size=64, minibatch_std=False).feature_dim == 256 * 16
     with pytest.raises(ValueError, match="image_size"):
         SliceGenerator(image_size=100)
 
@@ -46,6 +53,9 @@ def test_dcgan_initialisation():
 
 def test_conditional_generator_depends_on_label():
     generator = SliceGenerator(latent_dim=16, image_size=64, num_classes=3).eval()
+    with torch.no_grad():  # class shifts as training leaves them (they start at zero)
+        for norm in [generator.initial_norm] + [block.norm for block in generator.blocks]:
+            norm.shift.weight.normal_(0.0, 0.5)
     z = torch.randn(1, 16).expand(3, 16)
     images = generator(z, torch.tensor([0, 1, 2]))
     assert (images[0] - images[1]).abs().max() > 1e-3 and (images[1] - images[2]).abs().max() > 1e-3
@@ -131,3 +141,27 @@ def test_spectral_norm_generator_traces():
     z = torch.randn(2, 16)
     traced = torch.jit.trace(generator, (z,))
     torch.testing.assert_close(traced(z), generator(z))
+
+
+def test_minibatch_stddev_channel():
+    h = torch.stack([torch.full((2, 4, 4), float(v)) for v in (1.0, 3.0, 5.0)])  # (3, 2, 4, 4)
+    extra = minibatch_stddev(h, eps=0.0)
+    # population std of (1, 3, 5) is sqrt(8/3), the same at every feature and position
+    assert extra.shape == (3, 1, 4, 4)
+    torch.testing.assert_close(extra, torch.full((3, 1, 4, 4), (8 / 3) ** 0.5))
+    # identical samples get (almost) zero: the signal that exposes a collapsed generator
+    assert minibatch_stddev(torch.ones(4, 2, 4, 4)).max() < 1e-3
+    d = SliceDiscriminator(image_size=32, base_channels=4)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    same = x[:1].expand(4, -1, -1, -1)
+    assert d.features(x)[0, -16:].mean() > d.features(same)[0, -16:].mean()
+
+
+def test_conditional_batch_norm_starts_as_batch_norm():
+    g = SliceGenerator(latent_dim=8, image_size=32, num_classes=3)
+    for norm in [g.initial_norm] + [block.norm for block in g.blocks]:
+        assert norm.scale.weight.mean().item() == pytest.approx(1.0, abs=0.01)
+        assert norm.scale.weight.std().item() == pytest.approx(0.02, rel=0.3)
+        assert torch.count_nonzero(norm.shift.weight) == 0
+    # the label embedding concatenated to z keeps the DCGAN initialisation
+    assert g.label_embedding.weight.std().item() == pytest.approx(0.02, rel=0.3)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .discriminator import SliceDiscriminator
+from .discriminator import SliceDiscriminator, minibatch_stddev
 from .generator import ConditionalBatchNorm2d, SliceGenerator, feature_channels, init_dcgan_weights
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "build_networks",
     "feature_channels",
     "init_dcgan_weights",
+    "minibatch_stddev",
 ]
 
 

@@ -9,7 +9,24 @@ from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
 from .generator import check_image_size, feature_channels, init_dcgan_weights
 
-__all__ = ["SliceDiscriminator"]
+__all__ = ["SliceDiscriminator", "minibatch_stddev"]
+
+
+def minibatch_stddev(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """One extra feature channel: the batch's standard deviation of ``h``, averaged over features and positions.
+
+    The layer of Karras et al. (2018): a discriminator that sees how varied a batch is can tell a collapsed
+    generator (near-identical samples) from real data, which pushes the generator to use its latent space.
+
+    Args:
+        h: features (B, C, H, W).
+        eps: added to the variance before the square root.
+
+    Returns:
+        a (B, 1, H, W) tensor holding that one value.
+    """
+    std = torch.sqrt(h.float().var(dim=0, unbiased=False) + eps).mean()
+    return std.to(h.dtype).expand(h.shape[0], 1, h.shape[2], h.shape[3])
 
 
 class SliceDiscriminator(nn.Module):
@@ -20,7 +37,9 @@ class SliceDiscriminator(nn.Module):
     flattened 4x4 map is the feature vector ``h``; the logit is ``linear(h)``, plus, when conditional, the
     projection term ``<embed(y), h>`` of Miyato & Koyama (2018). With ``spectral_norm`` (the default) every
     layer, the class embedding included, is spectrally normalised and there is no batch norm; without it
-    the inner blocks use batch norm as in DCGAN (the output then depends on the batch it is in).
+    the inner blocks use batch norm as in DCGAN. With ``minibatch_std`` (the default) the 4x4 map gains one
+    channel holding the batch's feature standard deviation (:func:`minibatch_stddev`), so the logit of a slice
+    depends on the batch it is scored in (as with batch norm).
 
     Args:
         image_size: side S of the square input; one of 32, 64, 128, 256, 512.
@@ -29,6 +48,7 @@ class SliceDiscriminator(nn.Module):
         max_channels: cap on the channels at coarse resolutions.
         num_classes: number of classes for the projection head; 0 for an unconditional discriminator.
         spectral_norm: spectrally normalise all layers (``torch.nn.utils.parametrizations.spectral_norm``).
+        minibatch_std: append the minibatch standard-deviation channel before the head.
 
     Raises:
         ValueError: when ``image_size`` is not supported or a size argument is not positive.
@@ -42,6 +62,7 @@ class SliceDiscriminator(nn.Module):
         max_channels: int = 256,
         num_classes: int = 0,
         spectral_norm: bool = True,
+        minibatch_std: bool = True,
     ) -> None:
         super().__init__()
         num_blocks = check_image_size(image_size)
@@ -70,7 +91,8 @@ class SliceDiscriminator(nn.Module):
                 )
             )
         self.blocks = nn.Sequential(*blocks)
-        self.feature_dim = widths[-1] * 16
+        self.minibatch_std = minibatch_std
+        self.feature_dim = (widths[-1] + int(minibatch_std)) * 16
         self.linear = nn.Linear(self.feature_dim, 1)
         self.embedding: nn.Embedding | None = None
         if num_classes > 0:
@@ -85,7 +107,10 @@ class SliceDiscriminator(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The flattened 4x4 feature map ``h``, shape (B, ``feature_dim``), of slices ``x`` (B, C, S, S)."""
-        return self.blocks(x).flatten(1)
+        h = self.blocks(x)
+        if self.minibatch_std:
+            h = torch.cat([h, minibatch_stddev(h)], dim=1)
+        return h.flatten(1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Real/fake logits of slices.

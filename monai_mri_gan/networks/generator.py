@@ -58,6 +58,10 @@ def init_dcgan_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, ConditionalBatchNorm2d):
+        # ``apply`` visits children first: the class scales were just drawn as embeddings, N(0, 0.02), which would
+        # scale every normalised feature to about zero and leave the generator nothing but class constants
+        module.reset_parameters()
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -77,6 +81,11 @@ class ConditionalBatchNorm2d(nn.Module):
         if num_classes > 0:
             self.scale = nn.Embedding(num_classes, num_features)
             self.shift = nn.Embedding(num_classes, num_features)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Class scales N(1, 0.02) and shifts 0, so that training starts from plain batch norm."""
+        if self.scale is not None and self.shift is not None:
             nn.init.normal_(self.scale.weight, 1.0, 0.02)
             nn.init.zeros_(self.shift.weight)
 
