@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from monai_mri_gan.data import load_datalist, make_demo_cohort
-from monai_mri_gan.synthesis import SliceSynthesiser, build_generator, cohort_from_checkpoint_config
+from monai_mri_gan.restore import build_generator, cohort_from_config
+from monai_mri_gan.synthesis import SliceSynthesiser
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synthesis.json"
 CONFIG = {
@@ -60,7 +61,7 @@ def main(samples: int = 512, repeats: int = 2) -> dict:
         state = generator.state_dict()
         torch.save({"config": CONFIG, "generator": state, "ema_generator": state}, ckpt)
         datalist = make_demo_cohort(work / "cohort", seed=3, num_subjects=4, shape=(144, 160, 16))
-        cohort = cohort_from_checkpoint_config(CONFIG, load_datalist(datalist))
+        cohort = cohort_from_config(CONFIG, load_datalist(datalist))
         rows = []
         for place, root in _locations():
             for compress in (False, True):

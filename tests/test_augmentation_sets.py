@@ -9,7 +9,8 @@ from monai.transforms import LoadImage
 from test_synthesis import CONFIGS, bundle, tiny_gan
 
 from monai_mri_gan.data import SliceCohort, load_datalist
-from monai_mri_gan.synthesis import AUGMENTED_DATALIST, build_balanced_set, slicing_kwargs, synthetic_quota
+from monai_mri_gan.restore import slicing_kwargs
+from monai_mri_gan.synthesis import AUGMENTED_DATALIST, build_balanced_set, synthetic_quota
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from monai.bundle import ConfigParser
 from test_synthesis import CONFIGS, bundle, tiny_gan
 
-from monai_mri_gan.synthesis import generator_from_checkpoint
+from monai_mri_gan.restore import generator_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path, gan):
                     "--key_in_ckpt", "ema_generator", "--ckpt_path", str(gan["checkpoint"]), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     scripted = torch.jit.load(str(target))
-    eager = generator_from_checkpoint(gan["checkpoint"], use_ema=True)
+    eager = generator_from_checkpoint(gan["checkpoint"], weights_key="ema_generator")
     z = torch.randn(6, eager.latent_dim, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
     with torch.no_grad():
@@ -41,7 +41,7 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path, gan):
     assert got.shape == (6, 1, 32, 32)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     # the EMA weights were loaded, not the raw generator's
-    raw = generator_from_checkpoint(gan["checkpoint"], use_ema=False)
+    raw = generator_from_checkpoint(gan["checkpoint"], weights_key="generator")
     with torch.no_grad():
         assert not torch.allclose(raw(z, labels), got, atol=1e-6)
 

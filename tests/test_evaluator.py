@@ -221,7 +221,8 @@ def test_evaluation_bundle(trained_run, cohort, tmp_path):
     assert report["feature_space"] == "radiomics" and report["num_generated"] == 48
     # the checkpoint's own sample: same fixed latents, so the same KID as the in-training evaluation
     training_report = json.loads((trained_run / "evaluation" / "metrics.json").read_text())
-    assert report["generated"]["kid_mean"] == pytest.approx(training_report["generated"]["kid_mean"])
+    # (up to float noise: the EMA generator may run channels-last in training, and KID's cubic kernel amplifies it)
+    assert report["generated"]["kid_mean"] == pytest.approx(training_report["generated"]["kid_mean"], rel=1e-3)
     assert report["real_vs_real"]["kid_mean"] < report["untrained"]["kid_mean"]
     assert (out / "slice_classifier.pt").is_file()
     for name in ("samples.png", "closest_pairs.png", "metrics_vs_floor.png"):

@@ -16,16 +16,15 @@ import torch
 from monai.utils import convert_to_numpy
 
 from monai_mri_gan.data import SliceCohort, load_datalist, make_demo_cohort
+from monai_mri_gan.restore import generator_from_checkpoint, slicing_kwargs
 from monai_mri_gan.synthesis import (
     PHI_KEYS,
     SliceSynthesiser,
     as_flag,
-    generator_from_checkpoint,
     scrub_check,
     sha256_file,
     sha256_text,
     sidecar_path,
-    slicing_kwargs,
 )
 from monai_mri_gan.synthesis import writer as writer_module
 from monai_mri_gan.transforms import invert_normalisation

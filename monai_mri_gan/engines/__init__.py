@@ -12,10 +12,8 @@ from .evaluator import (
     GanEvaluator,
     class_allocation,
     disjoint_halves,
-    generator_from_checkpoint,
     lower_is_better,
     metric_cmp_fn_for,
-    slice_cohort_from_config,
 )
 
 __all__ += [
@@ -26,8 +24,6 @@ __all__ += [
     "GanEvaluator",
     "class_allocation",
     "disjoint_halves",
-    "generator_from_checkpoint",
     "lower_is_better",
     "metric_cmp_fn_for",
-    "slice_cohort_from_config",
 ]

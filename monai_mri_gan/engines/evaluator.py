@@ -23,7 +23,6 @@ from monai.engines import Evaluator
 from monai.engines.utils import default_metric_cmp_fn
 from torch import nn
 
-from ..data import SliceCohort
 from ..handlers.checkpoint import RunConfig, save_atomic
 from ..metrics import (
     build_feature_extractor,
@@ -42,7 +41,6 @@ from ..metrics.classifier import (
     train_slice_classifier,
 )
 from ..metrics.report import save_metric_bars_png, save_sample_grid_png, write_json_atomic
-from ..networks import SliceGenerator
 
 __all__ = [
     "BestCheckpointSaver",
@@ -52,10 +50,8 @@ __all__ = [
     "LOWER_IS_BETTER",
     "class_allocation",
     "disjoint_halves",
-    "generator_from_checkpoint",
     "lower_is_better",
     "metric_cmp_fn_for",
-    "slice_cohort_from_config",
 ]
 
 #: Feature spaces of :class:`GanEvaluator`.
@@ -138,58 +134,6 @@ def class_allocation(real_labels: torch.Tensor | None, num_samples: int, num_cla
     for c in order[:remainder]:
         counts[c] += 1
     return torch.arange(num_classes).repeat_interleave(counts)
-
-
-def generator_from_checkpoint(checkpoint: Mapping[str, Any], weights_key: str | None = "ema_generator",
-                              seed: int = 0, device: str | torch.device = "cpu") -> SliceGenerator:
-    """Rebuild a checkpoint's generator from its ``config`` entry, with its weights or freshly initialised.
-
-    Args:
-        checkpoint: a loaded checkpoint (see :func:`monai_mri_gan.handlers.load_checkpoint`) with a ``config``
-            entry holding ``image_size``, ``latent_dim``, ``num_classes`` and ``g_channels``.
-        weights_key: entry holding the weights (``"ema_generator"``, ``"generator"``); None for an untrained
-            generator of the same architecture, initialised from a private random state seeded with ``seed``.
-        seed: seed of the fresh initialisation (global random state untouched).
-        device: device to put the generator on.
-
-    Returns:
-        the generator, in eval mode.
-
-    Raises:
-        KeyError: when the checkpoint has no ``config`` or no ``weights_key`` entry.
-        ValueError: when the config names another generator class.
-    """
-    if "config" not in checkpoint:
-        raise KeyError("the checkpoint has no 'config' entry: it was not written by the training bundle.")
-    config = checkpoint["config"]
-    name = config.get("generator", "monai_mri_gan.networks.SliceGenerator")
-    if name.rsplit(".", 1)[-1] != SliceGenerator.__name__:
-        raise ValueError(f"cannot rebuild generator {name!r}; only SliceGenerator checkpoints are supported.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = SliceGenerator(
-            latent_dim=int(config["latent_dim"]), image_size=int(config["image_size"]),
-            base_channels=config.get("g_channels"), num_classes=int(config.get("num_classes") or 0),
-        )
-    if weights_key is not None:
-        if weights_key not in checkpoint:
-            raise KeyError(f"the checkpoint has no {weights_key!r} entry; entries are {sorted(checkpoint)}.")
-        generator.load_state_dict(checkpoint[weights_key])
-    return generator.to(device).eval()
-
-
-def slice_cohort_from_config(datalist: Sequence[dict], config: Mapping[str, Any],
-                             cache_dir: str | os.PathLike | None = None, on_error: str = "raise") -> SliceCohort:
-    """The real slices of a run, cut as the run cut them: ``config["image_size"]`` and ``config["slicing"]``.
-
-    Args:
-        datalist: datalist items (see :func:`monai_mri_gan.data.resolve_datalist`).
-        config: a checkpoint's ``config`` entry (train.json's ``run_config``).
-        cache_dir: optional on-disk cache folder of :class:`~monai_mri_gan.data.SliceCohort`.
-        on_error: ``"raise"`` or ``"skip"`` bad volumes.
-    """
-    return SliceCohort(datalist, cache_dir=cache_dir, on_error=on_error, image_size=int(config["image_size"]),
-                       **dict(config.get("slicing") or {}))
 
 
 def _plain_images(images: torch.Tensor) -> torch.Tensor:
@@ -416,7 +360,9 @@ class GanEvaluator(Evaluator):
             # features of unrelated units (grey levels, squared grey levels, fractions) would otherwise let a few
             # large ones dominate FID and KID; the real sample's statistics define the scale for both sets
             self._feature_mean = raw.mean(0)
-            self._feature_std = raw.std(0).clamp_min(1e-8)
+            std = raw.std(0)
+            # a feature (nearly) constant over the real slices keeps its own units rather than exploding
+            self._feature_std = torch.where(std > 1e-6 * (raw.abs().mean(0) + 1e-12), std, torch.ones_like(std))
             self._real_features = (raw - self._feature_mean) / self._feature_std
         return self._real_features
 

@@ -7,6 +7,7 @@ from .checkpoint import (
     RunConfig,
     latest_checkpoint,
     load_checkpoint,
+    resolve_checkpoint,
     save_atomic,
 )
 from .divergence import DivergenceGuard, TrainingDiverged
@@ -25,6 +26,7 @@ __all__ = [
     "ema_copy",
     "latest_checkpoint",
     "load_checkpoint",
+    "resolve_checkpoint",
     "sample_grid",
     "save_atomic",
     "save_grid_png",

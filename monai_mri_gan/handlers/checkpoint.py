@@ -23,6 +23,7 @@ __all__ = [
     "ResumeFromCheckpoint",
     "latest_checkpoint",
     "load_checkpoint",
+    "resolve_checkpoint",
     "save_atomic",
 ]
 
@@ -110,6 +111,26 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path | None:
     return max(found)[1] if found else None
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` names: the file itself, or a training output folder's latest checkpoint.
+
+    Args:
+        path: a checkpoint file or a folder of ``checkpoint_epochNNNN.pt`` files.
+
+    Raises:
+        FileNotFoundError: when there is no checkpoint at ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint_epochNNNN.pt in this folder.")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found.")
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely (``weights_only=True``); a folder means its latest checkpoint.
 
@@ -120,15 +141,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises:
         FileNotFoundError: when there is no checkpoint at ``path``.
     """
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoint_epochNNNN.pt in this folder.")
-        path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found.")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
 
 
 def _non_finite(state: Any, prefix: str = "") -> str | None:

@@ -17,11 +17,6 @@ from .provenance import (
 from .sampler import (
     SliceSynthesiser,
     as_flag,
-    build_generator,
-    cohort_from_checkpoint_config,
-    generator_from_checkpoint,
-    resolve_checkpoint,
-    slicing_kwargs,
 )
 from .writer import SyntheticSliceWriter, cast_to_dtype, write_synthetic_slice
 
@@ -33,19 +28,14 @@ __all__ = [
     "as_flag",
     "atomic_write_bytes",
     "build_balanced_set",
-    "build_generator",
-    "cohort_from_checkpoint_config",
     "cast_to_dtype",
     "find_forbidden",
     "find_phi_keys",
-    "generator_from_checkpoint",
     "provenance_record",
-    "resolve_checkpoint",
     "scrub_check",
     "sha256_file",
     "sha256_text",
     "sidecar_path",
-    "slicing_kwargs",
     "synthetic_descrip",
     "synthetic_quota",
     "write_sidecar",

@@ -17,7 +17,6 @@ sidecars.
 from __future__ import annotations
 
 import glob
-import inspect
 import logging
 import os
 import re
@@ -32,142 +31,19 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, Orientation, Spacing
 from monai.utils import convert_to_numpy
 
-from ..data import SliceCohort, resolve_datalist, slice_transforms
+from ..data import SliceCohort, resolve_datalist
 from ..data.readers import SimpleITKReader
-from ..handlers.checkpoint import latest_checkpoint, load_checkpoint
-from ..networks import SliceGenerator
+from ..handlers.checkpoint import load_checkpoint, resolve_checkpoint
+from ..restore import SUPPORTED_GENERATORS, build_generator, cohort_from_config, slicing_kwargs
 from ..transforms.intensity import invert_normalisation
 from .provenance import provenance_record, sha256_file, sha256_text, sidecar_path
 from .writer import SyntheticSliceWriter
 
-__all__ = [
-    "SUPPORTED_GENERATORS",
-    "SliceSynthesiser",
-    "as_flag",
-    "build_generator",
-    "cohort_from_checkpoint_config",
-    "generator_from_checkpoint",
-    "resolve_checkpoint",
-    "slicing_kwargs",
-]
+__all__ = ["SliceSynthesiser", "as_flag"]
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_GENERATORS = ("monai_mri_gan.networks.SliceGenerator", "monai_mri_gan.networks.generator.SliceGenerator")
-"""Generator classes a checkpoint's ``config["generator"]`` may name; anything else is refused, not imported."""
-
-_SLICE_PARAMETERS = frozenset(inspect.signature(slice_transforms).parameters) - {"image_size"}
 _UNCONDITIONAL = "unconditional"
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint file ``path`` names: the file itself, or a training output folder's latest checkpoint.
-
-    Args:
-        path: a ``checkpoint_epochNNNN.pt`` file or a folder of them.
-
-    Raises:
-        FileNotFoundError: when there is no checkpoint at ``path``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoint_epochNNNN.pt in this folder.")
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found.")
-    return path
-
-
-def build_generator(config: Mapping[str, Any]) -> SliceGenerator:
-    """A freshly initialised generator with the architecture recorded in a checkpoint's run configuration.
-
-    Args:
-        config: the checkpoint's ``"config"`` entry (``image_size``, ``latent_dim``, ``num_classes``,
-            ``g_channels`` and optionally ``channels``, ``max_channels``, ``embedding_dim``, ``generator``).
-
-    Raises:
-        ValueError: when ``config["generator"]`` names a class other than :data:`SUPPORTED_GENERATORS`.
-        KeyError: when a required entry is missing.
-    """
-    name = config.get("generator", SUPPORTED_GENERATORS[0])
-    if name not in SUPPORTED_GENERATORS:
-        raise ValueError(f"the checkpoint's generator {name!r} is not one of {SUPPORTED_GENERATORS}.")
-    return SliceGenerator(
-        latent_dim=int(config["latent_dim"]),
-        image_size=int(config["image_size"]),
-        channels=int(config.get("channels", 1)),
-        base_channels=None if config.get("g_channels") is None else int(config["g_channels"]),
-        max_channels=int(config.get("max_channels", 256)),
-        num_classes=int(config.get("num_classes", 0)),
-        embedding_dim=int(config.get("embedding_dim", 32)),
-    )
-
-
-def generator_from_checkpoint(
-    path: str | os.PathLike,
-    load_weights: bool = True,
-    use_ema: bool = True,
-    map_location: str | torch.device = "cpu",
-) -> SliceGenerator:
-    """The generator of a checkpoint, built from the checkpoint's own run configuration, in eval mode.
-
-    With ``load_weights=False`` only the architecture is taken from the checkpoint, e.g. for
-    ``python -m monai.bundle ckpt_export``, which loads the weights itself (``--key_in_ckpt ema_generator``).
-
-    Args:
-        path: a checkpoint file, or a training output folder (its latest checkpoint).
-        load_weights: load the weights too.
-        use_ema: load ``ema_generator`` (the exponential moving average, usually better) rather than ``generator``.
-        map_location: device to load the weights to.
-
-    Raises:
-        FileNotFoundError: when there is no checkpoint at ``path``.
-        KeyError: when the checkpoint has no ``config`` or no weights under the requested key.
-    """
-    checkpoint = load_checkpoint(resolve_checkpoint(path), map_location=map_location)
-    if "config" not in checkpoint:
-        raise KeyError(f"{path}: the checkpoint has no 'config' entry to rebuild the generator from.")
-    generator = build_generator(checkpoint["config"])
-    if load_weights:
-        key = "ema_generator" if use_ema else "generator"
-        if key not in checkpoint:
-            raise KeyError(f"{path}: the checkpoint has no {key!r} weights.")
-        generator.load_state_dict(checkpoint[key])
-    return generator.to(map_location).eval()
-
-
-def slicing_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The :func:`~monai_mri_gan.data.slice_transforms` arguments of a checkpoint's run configuration.
-
-    Args:
-        config: the checkpoint's ``"config"`` entry, with ``image_size`` and a ``slicing`` mapping.
-    """
-    slicing = dict(config.get("slicing") or {})
-    kwargs = {k: v for k, v in slicing.items() if k in _SLICE_PARAMETERS}
-    kwargs["image_size"] = int(config["image_size"])
-    return kwargs
-
-
-def cohort_from_checkpoint_config(
-    config: Mapping[str, Any],
-    datalist: Sequence[dict],
-    cache_dir: str | os.PathLike | None = None,
-    on_error: str = "raise",
-    **overrides: Any,
-) -> SliceCohort:
-    """A slice cohort cut exactly as the checkpoint's training data was (slicing configuration and image size).
-
-    Args:
-        config: the checkpoint's ``"config"`` entry.
-        datalist: datalist items (``image``, optional ``label``, ``class``, ``subject``).
-        cache_dir: optional on-disk cache of the cohort.
-        on_error: "raise" or "skip" bad volumes.
-        overrides: slicing arguments to change (e.g. ``min_foreground=0.0`` to keep every slice).
-    """
-    kwargs = {**slicing_kwargs(config), **overrides}
-    return SliceCohort(datalist, cache_dir=cache_dir, on_error=on_error, **kwargs)
 
 
 def as_flag(value: bool | str, name: str = "flag") -> bool:
@@ -238,7 +114,8 @@ class SliceSynthesiser:
         dataset_dir: folder of reference volumes (see :func:`~monai_mri_gan.data.resolve_datalist`).
         datalist: datalist JSON of reference volumes; with ``dataset_dir`` also None, the embedded demo cohort.
         cohort: an already built reference cohort (it must be cut with the checkpoint's slicing configuration and
-            image size, see :func:`cohort_from_checkpoint_config`); replaces ``dataset_dir`` and ``datalist``.
+            image size, see :func:`~monai_mri_gan.restore.cohort_from_config`); replaces ``dataset_dir`` and
+            ``datalist``.
         reference_image: a volume (file or DICOM series folder) whose slice ``reference_slice`` every sample
             borrows, instead of reference slices from a cohort.
         reference_slice: index of that slice along the slicing axis of the volume oriented to RAS (as
@@ -372,10 +249,10 @@ class SliceSynthesiser:
             if self.reference_image is not None:
                 items = [{"image": str(self.reference_image)}]
                 # every slice is a candidate: the user named the one to use
-                self._cohort = cohort_from_checkpoint_config(self.config, items, on_error="raise", min_foreground=0.0)
+                self._cohort = cohort_from_config(self.config, items, on_error="raise", min_foreground=0.0)
             else:
                 items = resolve_datalist(self.dataset_dir, self.datalist)
-                self._cohort = cohort_from_checkpoint_config(self.config, items, self.cache_dir, self.on_error)
+                self._cohort = cohort_from_config(self.config, items, self.cache_dir, self.on_error)
         return self._cohort
 
     def reference_positions(self, class_index: int | None, count: int) -> list[int]:
