@@ -13,14 +13,8 @@ from PIL import Image
 from torch import nn
 
 from monai_mri_gan.data import SliceCohort, load_datalist, make_demo_cohort
-from monai_mri_gan.engines import (
-    BestCheckpointSaver,
-    EvaluationReportWriter,
-    GanEvaluator,
-    class_allocation,
-    disjoint_halves,
-)
-from monai_mri_gan.handlers import load_checkpoint
+from monai_mri_gan.engines import GanEvaluator, class_allocation, disjoint_halves
+from monai_mri_gan.handlers import BestCheckpointSaver, EvaluationReportWriter, load_checkpoint
 from monai_mri_gan.metrics import frechet_distance, kernel_inception_distance, memorisation_report, precision_recall
 from monai_mri_gan.networks import SliceGenerator
 

@@ -20,10 +20,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import Evaluator
-from monai.engines.utils import default_metric_cmp_fn
 from torch import nn
 
-from ..handlers.checkpoint import RunConfig, save_atomic
+from ..handlers.evaluation import metric_cmp_fn_for
 from ..metrics import (
     build_feature_extractor,
     frechet_distance,
@@ -31,7 +30,6 @@ from ..metrics import (
     memorisation_report,
     ms_ssim_diversity,
     precision_recall,
-    save_closest_pairs_png,
 )
 from ..metrics.classifier import (
     class_fidelity,
@@ -40,40 +38,19 @@ from ..metrics.classifier import (
     save_slice_classifier,
     train_slice_classifier,
 )
-from ..metrics.report import save_metric_bars_png, save_sample_grid_png, write_json_atomic
 
 __all__ = [
-    "BestCheckpointSaver",
-    "EvaluationReportWriter",
     "FEATURE_SPACES",
     "GanEvaluator",
-    "LOWER_IS_BETTER",
     "class_allocation",
     "disjoint_halves",
-    "lower_is_better",
-    "metric_cmp_fn_for",
 ]
 
 #: Feature spaces of :class:`GanEvaluator`.
 FEATURE_SPACES = ("radiomics", "encoder", "local_weights")
 #: Metrics of :class:`GanEvaluator` for which a smaller value is better; for the others a larger one is.
-LOWER_IS_BETTER = frozenset({"fid", "kid_mean", "kid_std", "ms_ssim", "memorisation_fraction", "memorisation_max"})
 #: File name of the classifier that :class:`GanEvaluator` trains when it needs one and none is given.
 CLASSIFIER_FILE = "slice_classifier.pt"
-
-
-def lower_is_better(current: float, previous_best: float) -> bool:
-    """``metric_cmp_fn`` for metrics where smaller is better (FID, KID, ...): True when ``current`` improves."""
-    return current < previous_best
-
-
-def metric_cmp_fn_for(name: str) -> Callable[[float, float], bool]:
-    """The comparison of a :class:`GanEvaluator` metric: :func:`lower_is_better` or MONAI's greater-is-better.
-
-    Args:
-        name: a metric key (``fid``, ``kid_mean``, ``precision``, ``class_fidelity``, ...).
-    """
-    return lower_is_better if name in LOWER_IS_BETTER else default_metric_cmp_fn
 
 
 def disjoint_halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -478,127 +455,3 @@ class GanEvaluator(Evaluator):
             self.logger.info("new best %s: %.6g", self.state.key_metric_name, current)
             self.state.best_metric = current
             self.state.best_metric_epoch = self.state.epoch
-
-
-class EvaluationReportWriter:
-    """Ignite handler of a :class:`GanEvaluator`: after each run, write the report to ``output_dir``.
-
-    - ``metrics.json`` (atomic): feature space, epoch, sample sizes, class mode, key metric, and the sections
-      ``generated`` (this run), ``real_vs_real`` (floors) and one per baseline generator (e.g. ``untrained``);
-    - ``samples.png``: generated slices, one row per class;
-    - ``closest_pairs.png``: the generated slices closest to a real slice (generated left, real right);
-    - ``metrics_vs_floor.png``: a bar per metric for the generated sample, the floor and the baselines.
-
-    Args:
-        output_dir: report folder (created).
-        baselines: ``{name: generator}`` evaluated on the same latents after each run (at the first run only
-            when ``baselines_once``).
-        baselines_once: evaluate the baselines only once (they do not change while a model trains).
-        images: write the PNG files.
-        per_row: slices per row of the sample grid.
-        closest_pairs: pairs shown in ``closest_pairs.png``.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike, baselines: Mapping[str, nn.Module] | None = None,
-                 baselines_once: bool = True, images: bool = True, per_row: int = 8, closest_pairs: int = 8) -> None:
-        self.output_dir = Path(output_dir)
-        self.baselines = dict(baselines or {})
-        self.baselines_once = baselines_once
-        self.images = images
-        self.per_row = int(per_row)
-        self.closest_pairs = int(closest_pairs)
-        self._baseline_metrics: dict[str, dict[str, float]] | None = None
-        self.logger = logging.getLogger(__name__)
-
-    def attach(self, engine: GanEvaluator) -> None:
-        """Write after every run of ``engine``."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: GanEvaluator) -> None:
-        if self._baseline_metrics is None or not self.baselines_once:
-            self._baseline_metrics = {name: engine.evaluate(g) for name, g in self.baselines.items()}
-        generated = {k: float(v) for k, v in engine.state.metrics.items()}
-        record: dict[str, Any] = {
-            "feature_space": engine.feature_space_name,
-            "note": "values compare only within one feature space; FID also only at equal sample sizes",
-            "epoch": int(engine.state.epoch),
-            "num_generated": engine.num_samples,
-            "num_real": len(engine.real_images),
-            "class_mode": engine.class_mode if engine.num_classes > 0 else None,
-            "seed": engine.seed,
-            "key_metric": engine.state.key_metric_name,
-            "generated": generated,
-            "real_vs_real": dict(engine.floors),
-            **self._baseline_metrics,
-        }
-        write_json_atomic(record, self.output_dir / "metrics.json")
-        if self.images:
-            save_sample_grid_png(engine.state.generated, engine.state.generated_labels,
-                                 self.output_dir / "samples.png", per_row=self.per_row)
-            save_closest_pairs_png(engine.state.memorisation, engine.state.generated, engine.real_images,
-                                   self.output_dir / "closest_pairs.png", n=self.closest_pairs, overwrite=True)
-            series = {"generated": generated, "real_vs_real": record["real_vs_real"], **self._baseline_metrics}
-            save_metric_bars_png(series, self.output_dir / "metrics_vs_floor.png")
-        self.logger.info("evaluation report in %s", self.output_dir)
-
-
-class BestCheckpointSaver:
-    """Ignite handler of an evaluator: write a checkpoint atomically whenever the key metric improves.
-
-    The file holds ``{name: obj.state_dict()}`` for ``save_dict`` (at least the generator and its EMA), the run
-    ``config`` and ``metric`` (``name``, ``value``, ``epoch``, ``feature_space``). With ``resume``, an existing
-    file's recorded value (same metric and feature space) is the best to beat, so a resumed training run does not
-    replace a better checkpoint with a worse one.
-
-    Args:
-        checkpoint_path: the file (e.g. ``<output_dir>/best_checkpoint.pt``).
-        save_dict: objects with ``state_dict()``.
-        config: the run configuration (train.json's ``run_config``), stored under ``config``.
-        metric_name: metric to track; None for the engine's key metric.
-        metric_cmp_fn: ``(current, best) -> bool``; None for :func:`metric_cmp_fn_for` of the metric.
-        resume: start from the value recorded in an existing file.
-    """
-
-    def __init__(self, checkpoint_path: str | os.PathLike, save_dict: Mapping[str, Any],
-                 config: Mapping[str, Any] | None = None, metric_name: str | None = None,
-                 metric_cmp_fn: Callable[[float, float], bool] | None = None, resume: bool = True) -> None:
-        self.checkpoint_path = Path(checkpoint_path)
-        self.save_dict = dict(save_dict)
-        if config is not None:
-            self.save_dict["config"] = RunConfig(config)
-        self.metric_name = metric_name
-        self.metric_cmp_fn = metric_cmp_fn
-        self.resume = resume
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self._checked_file = False
-        self.logger = logging.getLogger(__name__)
-
-    def attach(self, engine: Engine) -> None:
-        """Check the metric after every run of ``engine``."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def _recorded(self, name: str, space: str | None) -> float | None:
-        if not (self.resume and self.checkpoint_path.is_file()):
-            return None
-        saved = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True).get("metric", {})
-        if saved.get("name") == name and saved.get("feature_space") == space:
-            self.best_epoch = saved.get("epoch")
-            return float(saved["value"])
-        return None
-
-    def __call__(self, engine: Engine) -> None:
-        name = self.metric_name or engine.state.key_metric_name
-        value = float(engine.state.metrics[name])
-        space = getattr(engine, "feature_space_name", None)
-        if not self._checked_file:
-            self._checked_file = True
-            self.best = self._recorded(name, space)
-        compare = self.metric_cmp_fn or metric_cmp_fn_for(name)
-        if not math.isfinite(value) or (self.best is not None and not compare(value, self.best)):
-            return
-        state = {key: obj.state_dict() for key, obj in self.save_dict.items()}
-        state["metric"] = {"name": name, "value": value, "epoch": int(engine.state.epoch), "feature_space": space}
-        save_atomic(state, self.checkpoint_path)
-        self.best, self.best_epoch = value, int(engine.state.epoch)
-        self.logger.info("best %s = %.6g at epoch %d: saved %s", name, value, self.best_epoch, self.checkpoint_path)

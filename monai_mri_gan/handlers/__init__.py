@@ -12,9 +12,15 @@ from .checkpoint import (
 )
 from .divergence import DivergenceGuard, TrainingDiverged
 from .ema import GeneratorEMA, ema_copy
+from .evaluation import LOWER_IS_BETTER, BestCheckpointSaver, EvaluationReportWriter, lower_is_better, metric_cmp_fn_for
 from .samples import SampleGridSaver, sample_grid, save_grid_png
 
 __all__ = [
+    "LOWER_IS_BETTER",
+    "BestCheckpointSaver",
+    "EvaluationReportWriter",
+    "lower_is_better",
+    "metric_cmp_fn_for",
     "DivergenceGuard",
     "GanCheckpointSaver",
     "GeneratorEMA",
