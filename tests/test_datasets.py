@@ -10,7 +10,7 @@ import torch
 from conftest import oblique_affine
 from test_readers import write_dicom_series
 
-from monai_mri_gan.data import SliceCohort, SliceTensorDataset, resolve_datalist
+from monai_mri_gan.data import SliceCohort, SliceTensorDataset, class_balanced_sampler, resolve_datalist
 from monai_mri_gan.errors import DataError
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -134,3 +134,19 @@ def test_resolve_datalist_user_datalist(tmp_path, rng):
     (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": "a.nii.gz", "class": 1}]}))
     items = resolve_datalist(datalist=tmp_path / "list.json")
     assert items[0]["image"] == path and items[0]["class"] == 1
+
+
+@pytest.mark.parametrize("balance", [0.0, 0.5, 1.0])
+def test_class_balanced_sampler_shares(balance):
+    classes = torch.tensor([0] * 90 + [1] * 10)
+    dataset = SliceTensorDataset(torch.zeros(100, 1, 2, 2), classes)
+    sampler = class_balanced_sampler(dataset, balance=balance)
+    probabilities = sampler.weights / sampler.weights.sum()
+    expected = 10 ** (1 - balance) / (90 ** (1 - balance) + 10 ** (1 - balance))
+    assert probabilities[classes == 1].sum().item() == pytest.approx(expected)
+    assert len(sampler) == 100
+    torch.manual_seed(0)
+    drawn = classes[list(iter(class_balanced_sampler(dataset, balance, num_samples=20000)))]
+    assert drawn.float().mean().item() == pytest.approx(expected, abs=0.02)
+    with pytest.raises(ValueError, match="balance"):
+        class_balanced_sampler(dataset, balance=1.5)

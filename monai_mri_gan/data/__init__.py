@@ -5,7 +5,14 @@ from __future__ import annotations
 import logging
 import os
 
-from .datasets import CheckSameGridd, SliceCohort, SliceTensorDataset, find_data_error, slice_transforms
+from .datasets import (
+    CheckSameGridd,
+    SliceCohort,
+    SliceTensorDataset,
+    class_balanced_sampler,
+    find_data_error,
+    slice_transforms,
+)
 from .demo import DEMO_CLASSES, demo_cohort, make_demo_cohort, render_demo_figure
 from .discovery import build_datalist, discover_volumes, load_datalist, subject_id
 from .readers import SimpleITKReader
@@ -17,6 +24,7 @@ __all__ = [
     "SliceCohort",
     "SliceTensorDataset",
     "build_datalist",
+    "class_balanced_sampler",
     "demo_cohort",
     "discover_volumes",
     "find_data_error",

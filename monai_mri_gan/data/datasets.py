@@ -21,7 +21,14 @@ from ..transforms import ExtractSlicesd, FitSliced, RobustNormalised
 from ..version import __version__
 from .readers import SimpleITKReader
 
-__all__ = ["CheckSameGridd", "slice_transforms", "SliceCohort", "SliceTensorDataset", "find_data_error"]
+__all__ = [
+    "CheckSameGridd",
+    "SliceCohort",
+    "SliceTensorDataset",
+    "class_balanced_sampler",
+    "find_data_error",
+    "slice_transforms",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -224,3 +231,26 @@ class SliceTensorDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.images[index], "class": self.classes[index]}
+
+
+def class_balanced_sampler(dataset: SliceTensorDataset, balance: float = 0.5,
+                           num_samples: int | None = None) -> torch.utils.data.WeightedRandomSampler:
+    """A sampler that shows the rare class more often: class ``c`` is drawn with weight ``n_c ** -balance``.
+
+    The share of class ``c`` in the drawn slices is ``n_c ** (1 - balance) / sum_k n_k ** (1 - balance)``:
+    ``balance=0`` keeps the data's class mix, ``1`` draws every class equally often, ``0.5`` (square-root
+    balancing) lifts a 1-in-9 tumour share to about 1 in 4 without repeating the few tumour slices too often.
+
+    Args:
+        dataset: slices with a ``classes`` tensor.
+        balance: in [0, 1].
+        num_samples: draws per epoch (with replacement); default the number of slices.
+
+    Raises:
+        ValueError: when ``balance`` is outside [0, 1].
+    """
+    if not 0.0 <= float(balance) <= 1.0:
+        raise ValueError(f"balance must be in [0, 1], got {balance}.")
+    counts = torch.bincount(dataset.classes).double()
+    weights = counts.clamp_min(1).pow(-float(balance))[dataset.classes]
+    return torch.utils.data.WeightedRandomSampler(weights, int(num_samples or len(dataset)), replacement=True)
