@@ -31,7 +31,10 @@ setup(
         "fire>=0.5",  # the `python -m monai.bundle` command line needs it
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pydicom-data", "ruff", "jsonschema"],  # jsonschema: offline bundle metadata check
+        # jsonschema: offline bundle metadata check; mkdocs and plugins: tests/test_docs.py builds the site;
+        # mlflow: tests/test_tracking.py records a run (neither test may skip)
+        "test": ["pytest>=7.4", "pydicom-data", "ruff", "jsonschema", "mkdocs>=1.5", "mkdocs-material>=9.0",
+                 "mkdocstrings[python]>=0.24", "mlflow>=2.8"],
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9.0", "mkdocstrings[python]>=0.24"],
         "mlflow": ["mlflow>=2.8"],
     },

@@ -116,7 +116,7 @@ class DistributedSliceGanTrainer(SliceGanTrainer):
 
     - gradients of both networks are averaged over ranks at every optimiser step, so weights stay identical;
     - while the generator trains, the discriminator is frozen and called without its DDP wrapper: it has no
-      gradient to share, and a DDP forward would wait for a gradient reduction that never comes;
+      gradient to share, so DDP's bookkeeping for the backward pass is skipped;
     - after every iteration, rank 0's buffers (batch-norm running statistics, spectral-norm vectors) are broadcast,
       so every rank (and its EMA copy) holds the same state whenever a handler looks;
     - ``engine.state.output`` holds losses and discriminator scores averaged over ranks, and ``batch_size`` the

@@ -1,0 +1,173 @@
+"""Training throughput of the GAN trainer: slices/s and s/iteration by image size, memory format, precision, processes.
+
+Each measurement runs in a fresh process (two processes through ``torchrun`` on gloo for the data-parallel rows) on
+slices held in RAM, so it measures the trainer (both networks, R1 every 16 iterations, DiffAugment, as in
+``train.json``), not the data pipeline. Every process uses a batch of ``--batch_size`` slices: two processes train
+a global batch twice as large, and slices/s counts the slices of all processes.
+
+Scaling efficiency compares two processes with one thread each against twice one single-thread process (the
+ideal of data parallelism) and against one process using both cores, which is what a user of a small machine
+would run instead.
+
+Prints a table and writes ``benchmarks/results/train_throughput.json``. Run: ``python benchmarks/train_throughput.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+from torch.utils.data import DataLoader
+
+from monai_mri_gan.augment import DiffAugment
+from monai_mri_gan.data.datasets import SliceTensorDataset
+from monai_mri_gan.engines import SliceGanTrainer
+from monai_mri_gan.losses import AdversarialLoss, R1Regulariser
+from monai_mri_gan.networks import build_networks
+
+LATENT_DIM, NUM_CLASSES = 128, 2
+
+
+def measure(image_size: int, channels_last: bool, amp: bool, batch_size: int, warmup: int, iterations: int) -> dict:
+    """Train ``warmup + iterations`` iterations in this process (one rank when under torchrun); time the last ones.
+
+    Returns:
+        on rank 0, seconds per iteration and slices per second over all ranks; an empty dict on other ranks.
+    """
+    distributed = "RANK" in os.environ
+    world_size = 1
+    trainer_class: type[SliceGanTrainer] = SliceGanTrainer
+    if distributed:
+        from monai_mri_gan.engines.distributed import DistributedSliceGanTrainer, init_distributed
+
+        init_distributed()
+        world_size = torch.distributed.get_world_size()
+        trainer_class = DistributedSliceGanTrainer
+    torch.manual_seed(0)
+    generator, discriminator = build_networks(image_size=image_size, latent_dim=LATENT_DIM, num_classes=NUM_CLASSES)
+    n = batch_size * (warmup + iterations)
+    images = torch.rand(n, 1, image_size, image_size, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loader = DataLoader(SliceTensorDataset(images, torch.arange(n) % NUM_CLASSES), batch_size=batch_size)
+    trainer = trainer_class(
+        device="cpu", max_epochs=1, train_data_loader=loader, generator=generator, discriminator=discriminator,
+        g_optimizer=torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        d_optimizer=torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        loss=AdversarialLoss("bce"), latent_dim=LATENT_DIM, num_classes=NUM_CLASSES,
+        regulariser=R1Regulariser(gamma=0.1, every=16), augment=DiffAugment(("translation", "cutout")),
+        amp=amp, channels_last=channels_last,
+    )
+    stamps: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: stamps.append(time.perf_counter()))
+    trainer.run()
+    if distributed:
+        from monai_mri_gan.engines.distributed import finalize_distributed
+
+        rank = torch.distributed.get_rank()
+        finalize_distributed()
+        if rank != 0:
+            return {}
+    seconds = (stamps[-1] - stamps[warmup - 1]) / iterations
+    return {"s_per_iteration": seconds, "slices_per_s": batch_size * world_size / seconds}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_case(image_size: int, channels_last: bool, amp: bool, processes: int, threads: int, args) -> dict:
+    """Measure one configuration in fresh processes; returns the measurement of rank 0."""
+    worker = [str(Path(__file__).resolve()), "--measure", "--image_size", str(image_size),
+              "--channels_last", str(int(channels_last)), "--amp", str(int(amp)), "--batch_size", str(args.batch_size),
+              "--warmup", str(args.warmup), "--iterations", str(args.iterations)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    if processes == 1:
+        cmd = [sys.executable, *worker]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               f"--master_port={_free_port()}", *worker]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    line = [x for x in result.stdout.splitlines() if x.startswith("{")][-1]
+    return json.loads(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--batch_size", type=int, default=32, help="slices per process and iteration")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--image_size", type=int, default=64, help=argparse.SUPPRESS)
+    parser.add_argument("--channels_last", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--amp", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        result = measure(args.image_size, bool(args.channels_last), bool(args.amp), args.batch_size, args.warmup,
+                         args.iterations)
+        if result:
+            print(json.dumps(result), flush=True)
+        return
+
+    cores = os.cpu_count() or 1
+    # (processes, threads per process): one process on one core, one on all cores, one process per core
+    layouts = [(1, 1), (1, cores), (cores, 1)] if cores > 1 else [(1, 1)]
+    rows = []
+    for size in args.image_sizes:
+        for channels_last in (False, True):
+            for amp in (False, True):
+                for processes, threads in layouts:
+                    r = run_case(size, channels_last, amp, processes, threads, args)
+                    layout = "channels_last" if channels_last else "contiguous"
+                    rows.append({"image_size": size, "memory_format": layout, "precision": "bf16" if amp else "fp32",
+                                 "processes": processes, "threads_per_process": threads, **r})
+                    print(f"  measured {rows[-1]}", file=sys.stderr, flush=True)
+    for row in rows:
+        same = [r for r in rows if all(r[k] == row[k] for k in ("image_size", "memory_format", "precision"))]
+        single = next(r for r in same if r["processes"] == 1 and r["threads_per_process"] == 1)
+        whole = next((r for r in same if r["processes"] == 1 and r["threads_per_process"] == cores), single)
+        if row["processes"] > 1:
+            row["efficiency_vs_ideal"] = row["slices_per_s"] / (row["processes"] * single["slices_per_s"])
+            row["speedup_vs_one_process_all_cores"] = row["slices_per_s"] / whole["slices_per_s"]
+
+    header = f"{'size':>4} {'format':<14} {'prec':<5} {'procs x thr':>11} {'slices/s':>9} {'s/iter':>7}  scaling"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        scaling = ""
+        if "efficiency_vs_ideal" in r:
+            scaling = (f"{100 * r['efficiency_vs_ideal']:.0f}% of ideal, {r['speedup_vs_one_process_all_cores']:.2f}x "
+                       f"one {cores}-thread process")
+        print(f"{r['image_size']:>4} {r['memory_format']:<14} {r['precision']:<5} "
+              f"{r['processes']:>5} x {r['threads_per_process']:<3} {r['slices_per_s']:>9.1f} "
+              f"{r['s_per_iteration']:>7.3f}  {scaling}")
+    record = {
+        "benchmark": "train_throughput",
+        "machine": {"cpu_count": cores, "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "settings": {"batch_size_per_process": args.batch_size, "warmup": args.warmup, "iterations": args.iterations,
+                     "latent_dim": LATENT_DIM, "num_classes": NUM_CLASSES, "r1_every": 16,
+                     "diffaugment": ["translation", "cutout"], "backend": "gloo", "data": "random slices in RAM"},
+        "rows": rows,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
