@@ -6,7 +6,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
+
+from ..atomic import replace_atomically
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -84,19 +85,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     Returns:
         the destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(path, lambda handle: torch.save(obj, handle))
 
 
 def latest_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path | None:

@@ -11,6 +11,8 @@ import torch
 from ignite.engine import Engine, Events
 from PIL import Image
 
+from ..atomic import replace_atomically
+
 __all__ = ["sample_grid", "save_grid_png", "SampleGridSaver"]
 
 
@@ -45,12 +47,7 @@ def sample_grid(generator: torch.nn.Module, latents: torch.Tensor, labels: torch
 
 def save_grid_png(grid: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 grid to PNG atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.ascontiguousarray(grid)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return replace_atomically(path, lambda handle: Image.fromarray(np.ascontiguousarray(grid)).save(handle, "PNG"))
 
 
 class SampleGridSaver:

@@ -8,13 +8,14 @@ given features, in feature space; :func:`save_closest_pairs_png` shows the close
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..atomic import replace_atomically
 
 __all__ = ["memorisation_report", "save_closest_pairs_png"]
 
@@ -186,15 +187,4 @@ def save_closest_pairs_png(
         top = row * (height + gap)
         canvas[top : top + height, :width] = _to_uint8(generated[gen_index])
         canvas[top : top + height, width + gap :] = _to_uint8(training[train_index])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(canvas, mode="L").save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(path, lambda handle: Image.fromarray(canvas, mode="L").save(handle, format="PNG"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,23 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..atomic import replace_atomically
+
 __all__ = ["save_metric_bars_png", "save_sample_grid_png", "write_json_atomic"]
-
-
-def _replace_atomically(path: Path, write: Any) -> Path:
-    """Call ``write(handle)`` on a temporary file in ``path``'s folder, flush it to disk, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json_atomic(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
@@ -54,12 +39,12 @@ def write_json_atomic(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
         return value
 
     text = json.dumps(clean(data), indent=2, sort_keys=False) + "\n"
-    return _replace_atomically(Path(path), lambda handle: handle.write(text.encode()))
+    return replace_atomically(Path(path), lambda handle: handle.write(text.encode()))
 
 
 def _save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     image = Image.fromarray(np.ascontiguousarray(array))
-    return _replace_atomically(Path(path), lambda handle: image.save(handle, format="PNG"))
+    return replace_atomically(Path(path), lambda handle: image.save(handle, format="PNG"))
 
 
 def save_sample_grid_png(
@@ -142,4 +127,4 @@ def save_metric_bars_png(
             draw.rectangle([label_width, y + 1, label_width + max(length, 1), y + bar_height - 2],
                            fill=colours[s % len(colours)])
             draw.text((label_width + length + 4, y), f"{value:.4g}", fill="black")
-    return _replace_atomically(Path(path), lambda handle: image.save(handle, format="PNG"))
+    return replace_atomically(Path(path), lambda handle: image.save(handle, format="PNG"))
