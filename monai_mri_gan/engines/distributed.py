@@ -15,18 +15,14 @@ import datetime
 import inspect
 import os
 import random
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from monai.inferers import Inferer
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Optimizer
-from torch.utils.data import DataLoader
 
-from .trainer import GanOutput, SliceGanTrainer, prepare_slice_batch
+from .trainer import GanOutput, SliceGanTrainer
 
 __all__ = [
     "DistributedSliceGanTrainer",
@@ -130,57 +126,19 @@ class DistributedSliceGanTrainer(SliceGanTrainer):
 
     Args:
         device: this rank's device (see :func:`local_device`).
-        max_epochs: number of epochs.
-        train_data_loader: a ``DataLoader`` with a ``DistributedSampler``, so each rank reads its own slices.
         generator: the (unwrapped) generator.
-        discriminator: the (unwrapped) discriminator.
-        g_optimizer: optimiser of the generator.
-        d_optimizer: optimiser of the discriminator.
-        loss: adversarial loss (see :class:`SliceGanTrainer`).
-        latent_dim: size of the latent vector.
-        num_classes: classes of a conditional model; 0 for an unconditional one.
-        d_steps: discriminator updates per generator update.
-        regulariser: optional lazy R1 regulariser.
-        augment: optional differentiable augmentation.
-        amp: mixed precision (bf16 on CPU, fp16 on CUDA).
-        channels_last: channels-last memory format.
         sync_batchnorm: convert the generator's batch norms to ``torch.nn.SyncBatchNorm`` (statistics over the
             global batch instead of each rank's); CUDA only.
-        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
-        g_inferer: inferer for generator forward passes.
-        prepare_batch: function ``(batch, device, non_blocking) -> (images, classes)``.
-        train_handlers: Ignite handlers to attach.
-        non_blocking: non-blocking host-to-device copies.
+        kwargs: every other argument of :class:`SliceGanTrainer`; the data loader should hold a
+            ``DistributedSampler`` (or MONAI's ``DistributedWeightedRandomSampler``) so each rank reads its own slices.
 
     Raises:
         RuntimeError: when no process group is initialised (see :func:`init_distributed`).
         ValueError: when ``sync_batchnorm`` is asked for off CUDA, or on the base class's bad arguments.
     """
 
-    def __init__(
-        self,
-        device: str | torch.device,
-        max_epochs: int,
-        train_data_loader: DataLoader,
-        generator: torch.nn.Module,
-        discriminator: torch.nn.Module,
-        g_optimizer: Optimizer,
-        d_optimizer: Optimizer,
-        loss: Any,
-        latent_dim: int,
-        num_classes: int = 0,
-        d_steps: int = 1,
-        regulariser: Callable | None = None,
-        augment: Callable | None = None,
-        amp: bool = False,
-        channels_last: bool = False,
-        sync_batchnorm: bool = False,
-        epoch_length: int | None = None,
-        g_inferer: Inferer | None = None,
-        prepare_batch: Callable = prepare_slice_batch,
-        train_handlers: Sequence | None = None,
-        non_blocking: bool = False,
-    ) -> None:
+    def __init__(self, device: str | torch.device, generator: torch.nn.Module, sync_batchnorm: bool = False,
+                 **kwargs: Any) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("DistributedSliceGanTrainer needs an initialised process group: call "
                                "monai_mri_gan.engines.distributed.init_distributed() first (multi_gpu_train.json "
@@ -191,13 +149,7 @@ class DistributedSliceGanTrainer(SliceGanTrainer):
                 raise ValueError("sync_batchnorm needs CUDA devices (torch.nn.SyncBatchNorm does not run on CPU).")
             # converts the batch norms inside in place, keeping the parameter objects the optimiser holds
             generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        super().__init__(
-            device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, generator=generator,
-            discriminator=discriminator, g_optimizer=g_optimizer, d_optimizer=d_optimizer, loss=loss,
-            latent_dim=latent_dim, num_classes=num_classes, d_steps=d_steps, regulariser=regulariser,
-            augment=augment, amp=amp, channels_last=channels_last, epoch_length=epoch_length, g_inferer=g_inferer,
-            prepare_batch=prepare_batch, train_handlers=train_handlers, non_blocking=non_blocking,
-        )
+        super().__init__(device=device, generator=generator, **kwargs)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self._device_ids = [device.index] if device.type == "cuda" else None
