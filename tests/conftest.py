@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 
 def oblique_affine(spacing=(0.9, 1.1, 2.5), angles=(0.15, -0.1, 0.2), origin=(-60.5, 40.25, -33.0)) -> np.ndarray:
@@ -19,3 +20,12 @@ def oblique_affine(spacing=(0.9, 1.1, 2.5), angles=(0.15, -0.1, 0.2), origin=(-6
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: the machine's two cores are shared, and oversubscribed threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,12 +25,7 @@ METRICS = {"fid", "kid_mean", "kid_std", "precision", "recall", "ms_ssim", "memo
 CLASS_NAMES = ["no_tumour", "tumour"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_metrics import head_phantoms, one_thread  # noqa: F401  (autouse fixture)
+from test_metrics import head_phantoms
 
 from monai_mri_gan.metrics import RadiomicsFeatureExtractor, memorisation_report, save_closest_pairs_png
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,7 @@ from monai_mri_gan.metrics import (
     real_vs_real_baseline,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the machine's two cores are shared, and oversubscribed threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def head_phantoms(n: int, size: int = 64, seed: int = 0, texture: float = 0.6) -> torch.Tensor:
