@@ -62,7 +62,7 @@ def test_site_has_every_page(site):
     scaling = _text(site / "scaling" / "index.html")
     assert "torchrun --nproc_per_node=4" in scaling and "--rdzv_endpoint" in scaling
     assert "THROUGHPUT_TABLE" not in scaling
-    assert "mlflow_tracking.json" in _text(site / "tracking" / "index.html")
+    assert "--tracking mlflow" in _text(site / "tracking" / "index.html")
     # no page loads anything from the network (fonts, scripts)
     for html in site.rglob("*.html"):
         assert "fonts.googleapis.com" not in html.read_text(), html

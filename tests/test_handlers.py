@@ -118,7 +118,7 @@ def test_random_state_roundtrip():
 
 def test_divergence_guard_message(tmp_path):
     save_atomic({}, tmp_path / "checkpoint_epoch0001.pt")
-    outputs = [{"g_loss": 1.0, "d_loss": 0.5}, {"g_loss": float("nan"), "d_loss": 0.5}]
+    outputs = [[{"loss": {"g_loss": 1.0, "d_loss": 0.5}}], [{"loss": {"g_loss": float("nan"), "d_loss": 0.5}}]]
     engine = Engine(lambda e, b: outputs[e.state.iteration - 1])
     DivergenceGuard(checkpoint_dir=str(tmp_path)).attach(engine)
     with pytest.raises(TrainingDiverged, match=r"iteration 2: g_loss=nan.*checkpoint_epoch0001\.pt"):

@@ -1,4 +1,4 @@
-"""MLflow experiment tracking of a bundle run (``--tracking configs/mlflow_tracking.json``), on a local SQLite store."""
+"""MLflow tracking of a bundle run with MONAI's own flag, ``--tracking mlflow``, on its local SQLite store."""
 
 import json
 import os
@@ -27,7 +27,7 @@ def test_bundle_run_records_params_losses_metrics_and_grids(tmp_path):
     cohort = make_demo_cohort(tmp_path / "cohort", seed=3, num_subjects=4, shape=(48, 52, 12))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
-           "--tracking", str(CONFIGS / "mlflow_tracking.json"), "--datalist", str(cohort), "--output_dir", str(out),
+           "--tracking", "mlflow", "--datalist", str(cohort), "--output_dir", str(out),
            "--image_size", "32", "--max_epochs", "2", "--batch_size", "8", "--log_every", "1",
            "--evaluate_every", "1", "--evaluate_num_samples", "16"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONWARNINGS": "ignore"}
@@ -67,5 +67,7 @@ def test_bundle_run_records_params_losses_metrics_and_grids(tmp_path):
     # every sample grid is an artifact, byte for byte the file the run wrote
     artifacts = _artifacts(client, run_id)
     assert {"epoch_0001.png", "epoch_0002.png", "metrics.json"} <= set(artifacts)
+    (executed,) = [a for a in artifacts if a.startswith("config_") and a.endswith(".json")]
+    assert json.loads((out / executed).read_text())["experiment_name"] == "brain_mri_gan"
     local = Path(client.download_artifacts(run_id, "epoch_0002.png", str(tmp_path / "download")))
     assert local.read_bytes() == (out / "samples" / "epoch_0002.png").read_bytes()

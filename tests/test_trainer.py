@@ -3,6 +3,7 @@
 import pytest
 import torch
 from ignite.engine import Events
+from monai.handlers import from_engine
 from torch.utils.data import DataLoader
 
 from monai_mri_gan.augment import DiffAugment
@@ -63,10 +64,16 @@ def test_training_steps_change_both_networks(tmp_path, num_classes):
     g0 = [p.detach().clone() for p in obj["generator"].parameters()]
     d0 = [p.detach().clone() for p in obj["discriminator"].parameters()]
     sizes = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: sizes.append(e.state.output["batch_size"]))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: sizes.append(len(e.state.output)))
     trainer.run()
-    assert sizes == [4, 4, 2]  # ragged last batch of 10 slices
-    out = trainer.state.output
+    assert sizes == [4, 4, 2]  # ragged last batch of 10 slices, one output item per real slice
+    items = trainer.state.output
+    batch = trainer.state.batch
+    for i, item in enumerate(items):  # MONAI's decollated form: the slice, its fake and class, the losses replicated
+        torch.testing.assert_close(item["image"], batch["image"][i, ..., 0].as_subclass(torch.Tensor))
+        assert item["pred"].shape == (1, SIZE, SIZE) and item["loss"] is items[0]["loss"]
+        assert int(item["label"]) == int(batch["class"][i])
+    out = from_engine(["loss"], first=True)(items)
     assert all(torch.isfinite(torch.tensor(out[k])) for k in ("g_loss", "d_loss", "r1", "d_real", "d_fake"))
     assert 0.0 <= out["d_real"] <= 1.0 and 0.0 <= out["d_fake"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(g0, obj["generator"].parameters(), strict=True))
@@ -83,7 +90,7 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     trainer.generator.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer.run()
     assert torch.bfloat16 in seen  # autocast really applied
-    assert torch.isfinite(torch.tensor(trainer.state.output["g_loss"]))
+    assert torch.isfinite(torch.tensor(from_engine(["loss"], first=True)(trainer.state.output)["g_loss"]))
 
 
 def test_conditional_batch_without_classes_is_refused():

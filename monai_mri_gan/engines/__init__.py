@@ -1,7 +1,7 @@
 """Ignite engines for GAN training and evaluation (built on ``monai.engines``)."""
 
 from .evaluator import FEATURE_SPACES, GanEvaluator, class_allocation, disjoint_halves
-from .trainer import GanOutput, SliceGanTrainer, loss_items, prepare_slice_batch
+from .trainer import GanOutput, SliceGanTrainer, prepare_slice_batch
 
 __all__ = [
     "FEATURE_SPACES",
@@ -10,6 +10,5 @@ __all__ = [
     "SliceGanTrainer",
     "class_allocation",
     "disjoint_halves",
-    "loss_items",
     "prepare_slice_batch",
 ]

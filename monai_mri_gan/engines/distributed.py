@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch.nn.parallel import DistributedDataParallel
 
-from .trainer import GanOutput, SliceGanTrainer
+from .trainer import SliceGanTrainer
 
 __all__ = [
     "DistributedSliceGanTrainer",
@@ -115,8 +115,8 @@ class DistributedSliceGanTrainer(SliceGanTrainer):
       gradient to share, so DDP's bookkeeping for the backward pass is skipped;
     - after every iteration, rank 0's buffers (batch-norm running statistics, spectral-norm vectors) are broadcast,
       so every rank (and its EMA copy) holds the same state whenever a handler looks;
-    - ``engine.state.output`` holds losses and discriminator scores averaged over ranks, and ``batch_size`` the
-      number of real slices of the step over all ranks, so stats, divergence checks and trackers agree everywhere;
+    - the losses and discriminator scores in ``engine.state.output`` are averaged over ranks, so stats, divergence
+      checks and trackers agree everywhere (the slices in it are this rank's);
     - at the first epoch of a run (after a resume), it checks that all ranks are at the same iteration, then gives
       each rank its own random stream (seeded from the shared one plus the rank) so ranks draw different latents
       and augmentations.
@@ -199,16 +199,13 @@ class DistributedSliceGanTrainer(SliceGanTrainer):
             for buffer in unwrap(network).buffers():
                 dist.broadcast(buffer, src=0)
 
-    def _average_output(self, output: dict[str, float | int]) -> dict[str, float | int]:
-        keys = sorted(output)
-        values = torch.tensor([float(output[k]) for k in keys], dtype=torch.float64)
+    def _average_losses(self, losses: dict[str, float]) -> dict[str, float]:
+        keys = sorted(losses)
+        values = torch.tensor([float(losses[k]) for k in keys], dtype=torch.float64)
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        averaged: dict[str, float | int] = {}
-        for key, value in zip(keys, values.tolist(), strict=True):
-            averaged[key] = int(value) if key == GanOutput.BATCH_SIZE else value / self.world_size
-        return averaged
+        return {key: value / self.world_size for key, value in zip(keys, values.tolist(), strict=True)}
 
-    def _iteration(self, engine: SliceGanTrainer, batchdata: dict) -> dict[str, float | int]:  # type: ignore[override]
-        output = super()._iteration(engine, batchdata)
+    def _train_step(self, reals: torch.Tensor, labels: torch.Tensor | None) -> tuple[dict[str, float], torch.Tensor]:
+        losses, fakes = super()._train_step(reals, labels)
         self._broadcast_buffers()
-        return self._average_output(output)
+        return self._average_losses(losses), fakes

@@ -12,31 +12,28 @@ from monai.inferers import Inferer, SimpleInferer
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-__all__ = ["SliceGanTrainer", "prepare_slice_batch", "loss_items", "GanOutput"]
+__all__ = ["SliceGanTrainer", "prepare_slice_batch", "GanOutput"]
 
 
 class GanOutput:
-    """Keys of ``engine.state.output`` after one :class:`SliceGanTrainer` iteration."""
+    """Keys of ``engine.state.output`` after one :class:`SliceGanTrainer` iteration.
 
+    The output follows MONAI's decollated convention: a list with one dictionary per real slice of the batch,
+    holding the real slice (``IMAGE``), its class (``LABEL``, conditional models), a fake of the same class
+    (``PRED``) and, replicated in every item as MONAI replicates ``loss``, a ``LOSS`` dictionary of the step's
+    scalars (``G_LOSS``, ``D_LOSS``, ``R1``, ``D_REAL``, ``D_FAKE``). So ``from_engine(["loss"], first=True)``,
+    the output transform of MONAI's default trackers, returns every loss of the step by name.
+    """
+
+    IMAGE = "image"
+    LABEL = "label"
+    PRED = "pred"
+    LOSS = "loss"
     G_LOSS = "g_loss"
     D_LOSS = "d_loss"
     R1 = "r1"
     D_REAL = "d_real"
     D_FAKE = "d_fake"
-    BATCH_SIZE = "batch_size"
-
-
-def loss_items(output: dict) -> dict[str, float]:
-    """Select the scalar losses and discriminator scores of a trainer output, for stats handlers.
-
-    Args:
-        output: ``engine.state.output`` of a :class:`SliceGanTrainer`.
-
-    Returns:
-        the generator and discriminator losses, the R1 penalty and the mean real/fake probabilities.
-    """
-    keys = (GanOutput.G_LOSS, GanOutput.D_LOSS, GanOutput.R1, GanOutput.D_REAL, GanOutput.D_FAKE)
-    return {k: output[k] for k in keys if k in output}
 
 
 def prepare_slice_batch(
@@ -214,55 +211,67 @@ class SliceGanTrainer(Trainer):
     def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return self.discriminator(images, labels).float().reshape(-1)
 
-    def _iteration(self, engine: SliceGanTrainer, batchdata: dict) -> dict[str, float | int]:  # type: ignore[override]
+    def _iteration(self, engine: SliceGanTrainer, batchdata: dict) -> list[dict]:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
         reals, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
-        reals = reals.contiguous(memory_format=engine.memory_format)
-        if engine.num_classes > 0 and labels is None:
+        losses, fakes = engine._train_step(reals, labels)
+        reals, fakes = reals.detach().contiguous(), fakes.detach().float().contiguous()
+        items = []
+        for i in range(reals.shape[0]):
+            item = {GanOutput.IMAGE: reals[i], GanOutput.PRED: fakes[i], GanOutput.LOSS: losses}
+            if labels is not None:
+                item[GanOutput.LABEL] = labels[i]
+            items.append(item)
+        return items
+
+    def _train_step(self, reals: torch.Tensor, labels: torch.Tensor | None) -> tuple[dict[str, float], torch.Tensor]:
+        """One discriminator phase and one generator step; returns the step's scalars and the generator's fakes."""
+        reals = reals.contiguous(memory_format=self.memory_format)
+        if self.num_classes > 0 and labels is None:
             raise ValueError("a conditional GAN needs a class for every slice; the batch has none.")
-        if engine.num_classes == 0:
+        if self.num_classes == 0:
             labels = None
         batch_size = reals.shape[0]
-        engine.generator.train()
-        engine.discriminator.train()
+        self.generator.train()
+        self.discriminator.train()
 
         d_loss_total, r1_total = 0.0, 0.0
-        engine.discriminator.requires_grad_(True)
-        for _ in range(engine.d_steps):
-            with torch.no_grad(), engine._autocast():
-                fakes = engine._generate(engine.sample_latents(batch_size), labels)
-            with engine._autocast():
-                real_logits = engine._discriminate(engine._augment(reals), labels)
-                fake_logits = engine._discriminate(engine._augment(fakes.detach()), labels)
-            d_loss = engine.loss.discriminator_loss(real_logits, fake_logits)
-            if engine.regulariser is not None:
+        self.discriminator.requires_grad_(True)
+        for _ in range(self.d_steps):
+            with torch.no_grad(), self._autocast():
+                fakes = self._generate(self.sample_latents(batch_size), labels)
+            with self._autocast():
+                real_logits = self._discriminate(self._augment(reals), labels)
+                fake_logits = self._discriminate(self._augment(fakes.detach()), labels)
+            d_loss = self.loss.discriminator_loss(real_logits, fake_logits)
+            if self.regulariser is not None:
                 # the penalty's double backward runs in full precision
-                penalty = engine.regulariser(engine.discriminator, reals, labels, engine.state.iteration)
+                penalty = self.regulariser(self.discriminator, reals, labels, self.state.iteration)
                 r1_total += float(penalty.detach())
                 d_loss = d_loss + penalty
-            engine.d_optimizer.zero_grad(set_to_none=True)
-            engine.d_scaler.scale(d_loss).backward()
-            engine.d_scaler.step(engine.d_optimizer)
-            engine.d_scaler.update()
+            self.d_optimizer.zero_grad(set_to_none=True)
+            self.d_scaler.scale(d_loss).backward()
+            self.d_scaler.step(self.d_optimizer)
+            self.d_scaler.update()
             d_loss_total += d_loss.item()
 
-        engine.discriminator.requires_grad_(False)
-        with engine._autocast():
-            fakes = engine._generate(engine.sample_latents(batch_size), labels)
-            g_logits = engine._discriminate(engine._augment(fakes), labels)
-        g_loss = engine.loss.generator_loss(g_logits)
-        engine.g_optimizer.zero_grad(set_to_none=True)
-        engine.g_scaler.scale(g_loss).backward()
-        engine.g_scaler.step(engine.g_optimizer)
-        engine.g_scaler.update()
-        engine.discriminator.requires_grad_(True)
+        self.discriminator.requires_grad_(False)
+        with self._autocast():
+            fakes = self._generate(self.sample_latents(batch_size), labels)
+            g_logits = self._discriminate(self._augment(fakes), labels)
+        g_loss = self.loss.generator_loss(g_logits)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.g_scaler.scale(g_loss).backward()
+        self.g_scaler.step(self.g_optimizer)
+        self.g_scaler.update()
+        self.discriminator.requires_grad_(True)
 
-        return {
+        losses = {
             GanOutput.G_LOSS: g_loss.item(),
-            GanOutput.D_LOSS: d_loss_total / engine.d_steps,
-            GanOutput.R1: r1_total / engine.d_steps,
+            GanOutput.D_LOSS: d_loss_total / self.d_steps,
+            GanOutput.R1: r1_total / self.d_steps,
             GanOutput.D_REAL: torch.sigmoid(real_logits.detach()).mean().item(),
             GanOutput.D_FAKE: torch.sigmoid(fake_logits.detach()).mean().item(),
-            GanOutput.BATCH_SIZE: batch_size,
         }
+        return losses, fakes

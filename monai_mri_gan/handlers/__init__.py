@@ -14,6 +14,7 @@ from .divergence import DivergenceGuard, TrainingDiverged
 from .ema import GeneratorEMA, ema_copy
 from .evaluation import LOWER_IS_BETTER, BestCheckpointSaver, EvaluationReportWriter, lower_is_better, metric_cmp_fn_for
 from .samples import SampleGridSaver, sample_grid, save_grid_png
+from .tracking import describe_tracked_run
 
 __all__ = [
     "LOWER_IS_BETTER",
@@ -29,6 +30,7 @@ __all__ = [
     "RunConfig",
     "SampleGridSaver",
     "TrainingDiverged",
+    "describe_tracked_run",
     "ema_copy",
     "latest_checkpoint",
     "load_checkpoint",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ignite.engine import Engine, Events
+from monai.handlers import from_engine
 
 __all__ = ["TrainingDiverged", "DivergenceGuard"]
 
@@ -22,13 +24,17 @@ class DivergenceGuard:
     state, so the last checkpoint on disk stays the last good one.
 
     Args:
-        keys: keys of ``engine.state.output`` to watch.
+        keys: keys of the losses to watch.
         checkpoint_dir: where checkpoints are written, to name the last good one in the message.
+        output_transform: maps ``engine.state.output`` to a dictionary of losses; the default reads the
+            ``loss`` dictionary of a decollated output, as MONAI's ``from_engine(["loss"], first=True)`` does.
     """
 
-    def __init__(self, keys: Sequence[str] = ("g_loss", "d_loss"), checkpoint_dir: str | None = None) -> None:
+    def __init__(self, keys: Sequence[str] = ("g_loss", "d_loss"), checkpoint_dir: str | None = None,
+                 output_transform: Callable[[Any], dict] | None = None) -> None:
         self.keys = tuple(keys)
         self.checkpoint_dir = checkpoint_dir
+        self.output_transform = from_engine(["loss"], first=True) if output_transform is None else output_transform
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -36,7 +42,7 @@ class DivergenceGuard:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        output = engine.state.output or {}
+        output = self.output_transform(engine.state.output)
         bad = {k: output[k] for k in self.keys if k in output and not math.isfinite(float(output[k]))}
         if not bad:
             return
