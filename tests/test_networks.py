@@ -86,6 +86,23 @@ def test_projection_discriminator_adds_embedding_feature_product():
         discriminator(x)
 
 
+def test_auxiliary_classifier_adds_class_logits():
+    discriminator = SliceDiscriminator(image_size=32, num_classes=3, auxiliary_classifier=True).eval()
+    plain = SliceDiscriminator(image_size=32, num_classes=3)
+    plain.load_state_dict({k: v for k, v in discriminator.state_dict().items() if not k.startswith("classifier")})
+    plain.eval()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 1])
+    out = discriminator(x, labels)
+    assert out.shape == (4, 4)
+    features = discriminator.features(x)
+    torch.testing.assert_close(out[:, 0], plain(x, labels))  # column 0: the same real/fake logit
+    torch.testing.assert_close(out[:, 1:], discriminator.classifier(features))
+    torch.testing.assert_close(discriminator.probability(x, labels), torch.sigmoid(out[:, 0]))
+    with pytest.raises(ValueError, match="auxiliary_classifier needs classes"):
+        SliceDiscriminator(image_size=32, auxiliary_classifier=True)
+
+
 def test_spectral_norm_bounds_the_largest_singular_value():
     discriminator = SliceDiscriminator(image_size=64, num_classes=2, spectral_norm=True)
     layers = [block.conv for block in discriminator.blocks] + [discriminator.linear, discriminator.embedding]

@@ -166,6 +166,28 @@ def test_dictionary_slices_classes_and_pass_through(rng):
         assert o["t2"].meta["filename_or_obj"] == "sub-03/t2.nii.gz"
 
 
+def test_tumour_labels_and_ambiguous_slices(rng):
+    vol = volume(rng, channels=1)
+    label = MetaTensor(torch.zeros(1, *SHAPE), affine=vol.affine.clone(), meta={"filename_or_obj": "seg.nii"})
+    label[0, 2:6, 2:6, 3] = 2.0  # 16 voxels of oedema only
+    label[0, 2:6, 2:6, 4] = 2.0
+    label[0, 3:5, 3:5, 4] = 4.0  # 4 of them enhancing tumour: 12 oedema + 4 tumour core
+    label[0, 3:5, 3:6, 5] = 1.0  # 6 voxels of necrotic core
+    label[0, 0, 0, 6] = 4.0  # 1 voxel of enhancing tumour: too little
+    item = {"image": vol, "label": label}
+    whole = ExtractSlicesd(min_foreground=0.0, tumour_min_voxels=4)(item)
+    assert [o["class"] for o in whole][3:7] == [1, 1, 1, 0]
+    core = ExtractSlicesd(min_foreground=0.0, tumour_min_voxels=4, tumour_labels=(1, 3, 4))(item)
+    assert [o["class"] for o in core][3:7] == [0, 1, 1, 0]
+    assert len(core) == SHAPE[2], "without drop_ambiguous every slice stays"
+    clean = ExtractSlicesd(min_foreground=0.0, tumour_min_voxels=4, tumour_labels=(1, 3, 4), drop_ambiguous=True)(item)
+    kept = [o["slice_index"] for o in clean]
+    assert kept == [0, 1, 2, 4, 5, 7, 8, 9, 10], "oedema-only slice 3 and one-voxel slice 6 are left out"
+    assert [o["class"] for o in clean] == [0, 0, 0, 1, 1, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="tumour_labels"):
+        ExtractSlicesd(tumour_labels=(0, 1))
+
+
 def test_dictionary_without_label_keeps_the_item_class(rng):
     vol = volume(rng, channels=1)
     with_class = ExtractSlicesd(min_foreground=0.0, slice_indices=[1, 2])({"image": vol, "class": 1})

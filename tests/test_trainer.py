@@ -33,9 +33,11 @@ def _data(n=10, classes=2, seed=0):
     return SliceTensorDataset(images, labels)
 
 
-def _trainer(out_dir=None, num_classes=2, max_epochs=1, batch_size=4, d_steps=1, amp=False, handlers=True):
+def _trainer(out_dir=None, num_classes=2, max_epochs=1, batch_size=4, d_steps=1, amp=False, handlers=True,
+             class_loss_weight=0.0):
     torch.manual_seed(0)
-    g, d = build_networks(image_size=SIZE, latent_dim=LATENT, num_classes=num_classes, base_channels=8)
+    g, d = build_networks(image_size=SIZE, latent_dim=LATENT, num_classes=num_classes, base_channels=8,
+                          auxiliary_classifier=class_loss_weight > 0)
     ema = ema_copy(g)
     g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -44,7 +46,7 @@ def _trainer(out_dir=None, num_classes=2, max_epochs=1, batch_size=4, d_steps=1,
         device="cpu", max_epochs=max_epochs, train_data_loader=loader, generator=g, discriminator=d,
         g_optimizer=g_opt, d_optimizer=d_opt, loss=AdversarialLoss("bce"), latent_dim=LATENT,
         num_classes=num_classes, d_steps=d_steps, regulariser=R1Regulariser(gamma=1.0, every=2),
-        augment=DiffAugment(("translation", "cutout")), amp=amp,
+        augment=DiffAugment(("translation", "cutout")), amp=amp, class_loss_weight=class_loss_weight,
     )
     objects = {"generator": g, "ema_generator": ema, "discriminator": d, "g_optimizer": g_opt,
                "d_optimizer": d_opt, "trainer": trainer, "random_state": RandomState()}
@@ -91,6 +93,38 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     trainer.run()
     assert torch.bfloat16 in seen  # autocast really applied
     assert torch.isfinite(torch.tensor(from_engine(["loss"], first=True)(trainer.state.output)["g_loss"]))
+
+
+def test_auxiliary_class_losses(monkeypatch):
+    trainer, obj = _trainer(handlers=False, class_loss_weight=0.5)
+    seen = []
+    real_step = trainer._discriminate
+
+    def spy(images, labels):
+        logits, classes = real_step(images, labels)
+        seen.append((logits.detach(), classes.detach(), labels))
+        return logits, classes
+
+    monkeypatch.setattr(trainer, "_discriminate", spy)
+    trainer.run()
+    losses = from_engine(["loss"], first=True)(trainer.state.output)
+    assert set(losses) >= {"class_real", "class_fake"}
+    # the generator's loss is its adversarial loss plus the weighted cross-entropy of its fakes' class logits
+    g_logits, g_classes, labels = seen[-1]  # the last call of an iteration is the generator's step
+    adversarial = torch.nn.functional.softplus(-g_logits).mean()
+    cross_entropy = -torch.log_softmax(g_classes, dim=1)[torch.arange(len(labels)), labels].mean()
+    assert losses["class_fake"] == pytest.approx(float(cross_entropy), rel=1e-5)
+    assert losses["g_loss"] == pytest.approx(float(adversarial + 0.5 * cross_entropy), rel=1e-5)
+    unconditional, parts = _trainer(num_classes=0, handlers=False)
+    with pytest.raises(ValueError, match="class_loss_weight"):
+        SliceGanTrainer(device="cpu", max_epochs=1, train_data_loader=unconditional.data_loader,
+                        generator=parts["generator"], discriminator=parts["discriminator"],
+                        g_optimizer=parts["g_optimizer"], d_optimizer=parts["d_optimizer"],
+                        loss=AdversarialLoss("bce"), latent_dim=LATENT, class_loss_weight=1.0)
+    plain, _ = _trainer(handlers=False)
+    plain.class_loss_weight = 1.0
+    with pytest.raises(ValueError, match="auxiliary classifier"):
+        plain.run()
 
 
 def test_conditional_batch_without_classes_is_refused():

@@ -70,6 +70,7 @@ class CheckSameGridd(MapTransform):
 def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[float] | None = None,
                      norm_mode: str = "percentile", lower: float = 0.5, upper: float = 99.5,
                      min_foreground: float = 0.05, tumour_min_voxels: int = 1,
+                     tumour_labels: Sequence[int] | None = None, drop_ambiguous: bool = False,
                      volume_index: int | None = None) -> list[Callable]:
     """The deterministic chain from a datalist item to training-size 2D slices.
 
@@ -86,6 +87,8 @@ def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[flo
         upper: upper percentile for clipping.
         min_foreground: minimum head fraction of a slice to keep it.
         tumour_min_voxels: mask voxels that make a slice a tumour slice.
+        tumour_labels: mask values that count as tumour (None: any non-zero value); see :class:`ExtractSlicesd`.
+        drop_ambiguous: leave out slices with some mask but too little tumour; see :class:`ExtractSlicesd`.
         volume_index: the volume to take from 4D inputs.
 
     Returns:
@@ -103,7 +106,8 @@ def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[flo
     chain += [
         RobustNormalised("image", mode=norm_mode, lower=lower, upper=upper),
         ExtractSlicesd(keys=("image",), label_key="label", axis=axis, min_foreground=min_foreground,
-                       tumour_min_voxels=tumour_min_voxels),
+                       tumour_min_voxels=tumour_min_voxels, tumour_labels=tumour_labels,
+                       drop_ambiguous=drop_ambiguous),
         FitSliced(keys=("image",), label_key="label", spatial_size=image_size),
     ]
     return chain

@@ -187,11 +187,11 @@ class DistributedSliceGanTrainer(SliceGanTrainer):
         torch.manual_seed(seed + self.rank)
         random.seed(seed + self.rank)
 
-    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        network = self.discriminator
-        if not any(p.requires_grad for p in network.parameters()):
-            network = unwrap(network)
-        return network(images, labels).float().reshape(-1)
+    def _discriminator_for_step(self) -> torch.nn.Module:
+        # a frozen discriminator (the generator's step) has no gradient to share: skip DDP's bookkeeping
+        if not any(p.requires_grad for p in self.discriminator.parameters()):
+            return unwrap(self.discriminator)
+        return self.discriminator
 
     @torch.no_grad()
     def _broadcast_buffers(self) -> None:

@@ -21,8 +21,10 @@ class GanOutput:
     The output follows MONAI's decollated convention: a list with one dictionary per real slice of the batch,
     holding the real slice (``IMAGE``), its class (``LABEL``, conditional models), a fake of the same class
     (``PRED``) and, replicated in every item as MONAI replicates ``loss``, a ``LOSS`` dictionary of the step's
-    scalars (``G_LOSS``, ``D_LOSS``, ``R1``, ``D_REAL``, ``D_FAKE``). So ``from_engine(["loss"], first=True)``,
-    the output transform of MONAI's default trackers, returns every loss of the step by name.
+    scalars (``G_LOSS``, ``D_LOSS``, ``R1``, ``D_REAL``, ``D_FAKE``, and with an auxiliary classifier
+    ``CLASS_REAL`` and ``CLASS_FAKE``, its cross-entropy on reals and on fakes).
+    So ``from_engine(["loss"], first=True)``, the output transform of MONAI's default trackers, returns every
+    loss of the step by name.
     """
 
     IMAGE = "image"
@@ -34,6 +36,8 @@ class GanOutput:
     R1 = "r1"
     D_REAL = "d_real"
     D_FAKE = "d_fake"
+    CLASS_REAL = "class_real"
+    CLASS_FAKE = "class_fake"
 
 
 def prepare_slice_batch(
@@ -88,6 +92,10 @@ class SliceGanTrainer(Trainer):
     2. Fresh latents, ``G(z, y)``; the generator loss on ``D(augment(fakes), y)``; one ``g_optimizer`` step, with
        the discriminator's parameters frozen.
 
+    With ``class_loss_weight > 0`` and a discriminator with an auxiliary classifier (AC-GAN), the discriminator
+    also learns to classify the real slices (cross-entropy), and the generator is asked for fakes it classifies as
+    their class; both terms are added with that weight.
+
     Fakes for a conditional model use the classes of the real batch, so both networks see the data's class mix.
 
     Args:
@@ -106,6 +114,8 @@ class SliceGanTrainer(Trainer):
         regulariser: optional R1-style regulariser, ``regulariser(discriminator, reals, labels, iteration)``
             returning a (possibly zero) penalty to add to the discriminator loss.
         augment: optional differentiable augmentation applied to real and fake images alike before ``D``.
+        class_loss_weight: weight of the auxiliary classification losses; needs a discriminator whose output has
+            ``1 + num_classes`` columns (``SliceDiscriminator(auxiliary_classifier=True)``). 0 disables them.
         amp: enable mixed precision (bf16 on CPU, fp16 with gradient scaling on CUDA).
         channels_last: run networks and images in channels-last memory format.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
@@ -133,6 +143,7 @@ class SliceGanTrainer(Trainer):
         d_steps: int = 1,
         regulariser: Callable | None = None,
         augment: Callable | None = None,
+        class_loss_weight: float = 0.0,
         amp: bool = False,
         channels_last: bool = False,
         epoch_length: int | None = None,
@@ -149,6 +160,9 @@ class SliceGanTrainer(Trainer):
             raise ValueError(f"d_steps must be >= 1, got {d_steps}.")
         if int(latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
+        if float(class_loss_weight) < 0 or (float(class_loss_weight) > 0 and int(num_classes) < 1):
+            raise ValueError(f"class_loss_weight must be 0, or positive for a conditional GAN; got {class_loss_weight} "
+                             f"with {num_classes} classes.")
         device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         generator.to(device=device, memory_format=self.memory_format)
@@ -174,6 +188,7 @@ class SliceGanTrainer(Trainer):
         self.d_steps = int(d_steps)
         self.regulariser = regulariser
         self.augment = augment
+        self.class_loss_weight = float(class_loss_weight)
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
         self.use_amp = bool(amp)
         self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
@@ -208,8 +223,24 @@ class SliceGanTrainer(Trainer):
     def _generate(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return self.g_inferer(z, self.generator, labels).contiguous(memory_format=self.memory_format)
 
-    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.discriminator(images, labels).float().reshape(-1)
+    def _discriminate(self, images: torch.Tensor,
+                      labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Real/fake logits (B,) and, from a discriminator with an auxiliary classifier, class logits (B, K)."""
+        out = self._discriminator_for_step()(images, labels).float()
+        if out.ndim == 2 and out.shape[1] > 1:
+            return out[:, 0], out[:, 1:]
+        return out.reshape(-1), None
+
+    def _discriminator_for_step(self) -> torch.nn.Module:
+        return self.discriminator
+
+    def _class_loss(self, class_logits: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if self.class_loss_weight == 0 or labels is None:
+            return None
+        if class_logits is None:
+            raise ValueError("class_loss_weight > 0 needs a discriminator with an auxiliary classifier "
+                             "(SliceDiscriminator(auxiliary_classifier=True)).")
+        return torch.nn.functional.cross_entropy(class_logits, labels)
 
     def _iteration(self, engine: SliceGanTrainer, batchdata: dict) -> list[dict]:  # type: ignore[override]
         if batchdata is None:
@@ -236,18 +267,23 @@ class SliceGanTrainer(Trainer):
         self.generator.train()
         self.discriminator.train()
 
-        d_loss_total, r1_total = 0.0, 0.0
+        d_loss_total, r1_total, class_real_total = 0.0, 0.0, 0.0
         self.discriminator.requires_grad_(True)
         for _ in range(self.d_steps):
             with torch.no_grad(), self._autocast():
                 fakes = self._generate(self.sample_latents(batch_size), labels)
             with self._autocast():
-                real_logits = self._discriminate(self._augment(reals), labels)
-                fake_logits = self._discriminate(self._augment(fakes.detach()), labels)
+                real_logits, real_classes = self._discriminate(self._augment(reals), labels)
+                fake_logits, _ = self._discriminate(self._augment(fakes.detach()), labels)
             d_loss = self.loss.discriminator_loss(real_logits, fake_logits)
+            class_real = self._class_loss(real_classes, labels)
+            if class_real is not None:
+                class_real_total += class_real.item()
+                d_loss = d_loss + self.class_loss_weight * class_real
             if self.regulariser is not None:
                 # the penalty's double backward runs in full precision
-                penalty = self.regulariser(self.discriminator, reals, labels, self.state.iteration)
+                penalty = self.regulariser(lambda x, y=None: self._discriminate(x, y)[0], reals, labels,
+                                           self.state.iteration)
                 r1_total += float(penalty.detach())
                 d_loss = d_loss + penalty
             self.d_optimizer.zero_grad(set_to_none=True)
@@ -259,8 +295,11 @@ class SliceGanTrainer(Trainer):
         self.discriminator.requires_grad_(False)
         with self._autocast():
             fakes = self._generate(self.sample_latents(batch_size), labels)
-            g_logits = self._discriminate(self._augment(fakes), labels)
+            g_logits, fake_classes = self._discriminate(self._augment(fakes), labels)
         g_loss = self.loss.generator_loss(g_logits)
+        class_fake = self._class_loss(fake_classes, labels)
+        if class_fake is not None:
+            g_loss = g_loss + self.class_loss_weight * class_fake
         self.g_optimizer.zero_grad(set_to_none=True)
         self.g_scaler.scale(g_loss).backward()
         self.g_scaler.step(self.g_optimizer)
@@ -274,4 +313,7 @@ class SliceGanTrainer(Trainer):
             GanOutput.D_REAL: torch.sigmoid(real_logits.detach()).mean().item(),
             GanOutput.D_FAKE: torch.sigmoid(fake_logits.detach()).mean().item(),
         }
+        if class_fake is not None:
+            losses[GanOutput.CLASS_REAL] = class_real_total / self.d_steps
+            losses[GanOutput.CLASS_FAKE] = class_fake.item()
         return losses, fakes

@@ -24,6 +24,7 @@ def build_networks(
     spectral_norm: bool = True,
     channels: int = 1,
     max_channels: int = 256,
+    auxiliary_classifier: bool = False,
 ) -> tuple[SliceGenerator, SliceDiscriminator]:
     """A matching generator and discriminator for slices of side ``image_size``.
 
@@ -37,6 +38,7 @@ def build_networks(
             and StyleGAN2; build :class:`SliceGenerator` directly to normalise it too).
         channels: image channels.
         max_channels: cap on the channels at coarse levels.
+        auxiliary_classifier: give the discriminator an AC-GAN class head (see :class:`SliceDiscriminator`).
 
     Returns:
         ``(generator, discriminator)``.
@@ -47,6 +49,6 @@ def build_networks(
     )
     discriminator = SliceDiscriminator(
         image_size=image_size, channels=channels, base_channels=base_channels, max_channels=max_channels,
-        num_classes=num_classes, spectral_norm=spectral_norm,
+        num_classes=num_classes, spectral_norm=spectral_norm, auxiliary_classifier=auxiliary_classifier,
     )
     return generator, discriminator

@@ -49,6 +49,11 @@ class SliceDiscriminator(nn.Module):
         num_classes: number of classes for the projection head; 0 for an unconditional discriminator.
         spectral_norm: spectrally normalise all layers (``torch.nn.utils.parametrizations.spectral_norm``).
         minibatch_std: append the minibatch standard-deviation channel before the head.
+        auxiliary_classifier: add an AC-GAN head (Odena et al. 2017), a linear classifier of the same features
+            (conditional only). The output then has ``1 + num_classes`` columns: the real/fake logit, then the
+            class logits, which the trainer's ``class_loss_weight`` trains on reals and asks the generator to
+            satisfy. It gives the generator a direct signal to draw what tells the classes apart (the lesion),
+            which the projection term alone gives weakly when a class has few slices.
 
     Raises:
         ValueError: when ``image_size`` is not supported or a size argument is not positive.
@@ -63,6 +68,7 @@ class SliceDiscriminator(nn.Module):
         num_classes: int = 0,
         spectral_norm: bool = True,
         minibatch_std: bool = True,
+        auxiliary_classifier: bool = False,
     ) -> None:
         super().__init__()
         num_blocks = check_image_size(image_size)
@@ -73,6 +79,8 @@ class SliceDiscriminator(nn.Module):
                 raise ValueError(f"{name} must be positive, got {value}.")
         if num_classes < 0:
             raise ValueError(f"num_classes must be 0 (unconditional) or positive, got {num_classes}.")
+        if auxiliary_classifier and num_classes == 0:
+            raise ValueError("auxiliary_classifier needs classes (num_classes > 0).")
         self.image_size = image_size
         self.channels = channels
         self.num_classes = num_classes
@@ -97,11 +105,13 @@ class SliceDiscriminator(nn.Module):
         self.embedding: nn.Embedding | None = None
         if num_classes > 0:
             self.embedding = nn.Embedding(num_classes, self.feature_dim)
+        self.classifier: nn.Linear | None = None
+        if auxiliary_classifier:
+            self.classifier = nn.Linear(self.feature_dim, num_classes)
         self.apply(init_dcgan_weights)
         if spectral_norm:
             layers = [block.conv for block in self.blocks] + [self.linear]
-            if self.embedding is not None:
-                layers.append(self.embedding)
+            layers += [layer for layer in (self.embedding, self.classifier) if layer is not None]
             for layer in layers:
                 apply_spectral_norm(layer)
 
@@ -120,7 +130,8 @@ class SliceDiscriminator(nn.Module):
             labels: integer class labels, shape (B,); required when conditional, must be None otherwise.
 
         Returns:
-            Logits, shape (B,); larger means "more likely real".
+            Logits, shape (B,); larger means "more likely real". With the auxiliary classifier, shape
+            (B, 1 + ``num_classes``): that logit, then the class logits.
 
         Raises:
             ValueError: when ``labels`` is missing for a conditional discriminator or given to an unconditional one.
@@ -134,8 +145,11 @@ class SliceDiscriminator(nn.Module):
         logits = self.linear(h).squeeze(1)
         if embedding is not None and labels is not None:
             logits = logits + (embedding(labels) * h).sum(dim=1)
+        if self.classifier is not None:
+            return torch.cat([logits[:, None], self.classifier(h)], dim=1)
         return logits
 
     def probability(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Probability that each slice is real, ``sigmoid(forward(x, labels))``, shape (B,)."""
-        return torch.sigmoid(self.forward(x, labels))
+        """Probability that each slice is real, the sigmoid of the real/fake logit, shape (B,)."""
+        logits = self.forward(x, labels)
+        return torch.sigmoid(logits[:, 0] if self.classifier is not None else logits)

@@ -227,7 +227,7 @@ class ExtractSlicesd(MapTransform):
 
     Like MONAI's ``RandCropByPosNegLabeld``, it returns a list; each item holds, for one kept slice,
     the slice of every key in ``keys`` and of ``label_key`` (see :func:`cut_slice`), ``class`` (1 when the
-    label slice has at least ``tumour_min_voxels`` non-zero pixels, else 0; without a label the item's own
+    label slice has at least ``tumour_min_voxels`` tumour pixels, else 0; without a label the item's own
     ``class``, default 0), ``slice_index`` and ``slice_axis``, plus a copy of every other key of the input.
     The first present key of ``keys`` decides which slices have enough foreground.
 
@@ -238,7 +238,14 @@ class ExtractSlicesd(MapTransform):
         axis: the through-plane axis, 0, 1 or 2.
         min_foreground: see :py:class:`ExtractSlices`.
         foreground_threshold: see :py:class:`ExtractSlices`.
-        tumour_min_voxels: a slice is class 1 when its mask has at least this many non-zero pixels.
+        tumour_min_voxels: a slice is class 1 when its mask has at least this many tumour pixels.
+        tumour_labels: mask values that count as tumour; None: every non-zero value. For example ``(1, 3, 4)``
+            counts the BraTS tumour core (necrotic core and enhancing tumour) and not the oedema around it,
+            which T1-weighted contrast barely shows.
+        drop_ambiguous: leave out slices that are neither tumour nor clean: their mask is non-zero somewhere
+            but they do not reach ``tumour_min_voxels`` tumour pixels (a tumour's edge, or oedema only when
+            ``tumour_labels`` leaves it out). A generator or classifier then learns two classes that can be told
+            apart on the image.
         slice_indices: see :py:class:`ExtractSlices`.
         allow_missing_keys: don't raise exception if key is missing.
     """
@@ -253,14 +260,20 @@ class ExtractSlicesd(MapTransform):
         min_foreground: float = 0.05,
         foreground_threshold: float | None = None,
         tumour_min_voxels: int = 1,
+        tumour_labels: Sequence[int] | None = None,
+        drop_ambiguous: bool = False,
         slice_indices: Sequence[int] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if tumour_min_voxels < 1:
             raise ValueError(f"tumour_min_voxels must be at least 1, got {tumour_min_voxels}.")
+        if tumour_labels is not None and (not len(tumour_labels) or 0 in tumour_labels):
+            raise ValueError(f"tumour_labels must be non-zero mask values (or None for all), got {tumour_labels}.")
         self.label_key = label_key
         self.tumour_min_voxels = int(tumour_min_voxels)
+        self.tumour_labels = None if tumour_labels is None else torch.tensor([int(v) for v in tumour_labels])
+        self.drop_ambiguous = bool(drop_ambiguous)
         self.extractor = ExtractSlices(axis, min_foreground, foreground_threshold, slice_indices)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
@@ -301,8 +314,11 @@ class ExtractSlicesd(MapTransform):
             if label is not None:
                 label_slice = label_slices[n]
                 item[self.label_key] = label_slice
-                tumour = int(torch.count_nonzero(label_slice.as_tensor().ne(0).any(dim=0)))
-                item["class"] = int(tumour >= self.tumour_min_voxels)
+                mask = label_slice.as_tensor()
+                found = mask.ne(0) if self.tumour_labels is None else torch.isin(mask, self.tumour_labels)
+                item["class"] = int(int(torch.count_nonzero(found.any(dim=0))) >= self.tumour_min_voxels)
+                if self.drop_ambiguous and item["class"] == 0 and bool(mask.ne(0).any()):
+                    continue
             else:
                 item["class"] = int(d.get("class", 0))
             item["slice_index"] = index
