@@ -35,8 +35,10 @@ def test_output_shapes_and_range(size, base, max_channels):
 def test_channel_schedule():
     # base channels at full resolution, doubling per halving, capped
     assert [feature_channels(64, r, 32, 256) for r in (64, 32, 16, 8, 4)] == [32, 64, 128, 256, 256]
-    generator = SliceGenerator(latent_dim=8, image_size=64)
-    assert generator.initial_channels == 256 and generator.to_image.conv.in_channels == 32
+    generator = SliceGenerator(latent_dim=8, image_size=64)  # 16 channels at 64 px: 256, 128, 64, 32, 16
+    assert generator.initial_channels == 256 and generator.to_image.conv.in_channels == 16
+    assert [block.conv.conv.out_channels for block in generator.blocks] == [128, 64, 32, 16]
+    assert SliceGenerator(latent_dim=8, image_size=128).to_image.conv.in_channels == 8
     discriminator = SliceDiscriminator(image_size=64)
     assert discriminator.blocks[0].conv.out_channels == 32 and discriminator.feature_dim == (256 + 1) * 16
     assert SliceDiscriminator(image_size=64, minibatch_std=False).feature_dim == 256 * 16
