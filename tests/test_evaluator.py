@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from PIL import Image
 from torch import nn
 
-from monai_mri_gan.data import SliceCohort, load_datalist, make_demo_cohort
+from monai_mri_gan.data import SliceCohort, SliceTensorDataset, load_datalist, make_demo_cohort
 from monai_mri_gan.engines import GanEvaluator, class_allocation, disjoint_halves
 from monai_mri_gan.handlers import BestCheckpointSaver, EvaluationReportWriter, load_checkpoint
 from monai_mri_gan.metrics import frechet_distance, kernel_inception_distance, memorisation_report, precision_recall
@@ -42,6 +42,17 @@ def fresh_generator(seed: int = 0, latent_dim: int = 16, num_classes: int = 2) -
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return SliceGenerator(latent_dim=latent_dim, image_size=32, num_classes=num_classes).eval()
+
+
+def test_class_fidelity_is_skipped_when_the_reals_lack_a_class(dataset, tmp_path, caplog):
+    no_tumour = SliceTensorDataset(*[t[dataset.classes == 0] for t in (dataset.images, dataset.classes)])
+    evaluator = GanEvaluator("cpu", fresh_generator(), no_tumour, num_samples=24, batch_size=24,
+                             class_names=CLASS_NAMES, class_fidelity=True, work_dir=tmp_path, ms_ssim_pairs=20)
+    with caplog.at_level("WARNING"):
+        evaluator.run(1)
+    assert "no slice of class 'tumour'" in caplog.text
+    assert not any(k.startswith("class_fidelity") for k in evaluator.state.metrics)
+    assert "kid_mean" in evaluator.state.metrics and not (tmp_path / "slice_classifier.pt").exists()
 
 
 def test_evaluator_tiny_run(dataset, tmp_path):
@@ -184,7 +195,7 @@ def trained_run(tmp_path_factory, cohort):
     out = tmp_path_factory.mktemp("train") / "run"
     result = _bundle("training", "--config_file", str(CONFIGS / "train.json"), "--datalist", str(cohort),
                      "--output_dir", str(out), "--max_epochs", "1", "--image_size", "32", "--evaluate_every", "1",
-                     "--evaluate_num_samples", "48", cwd=out.parent)
+                     "--evaluate_num_samples", "48", "--slicing#tumour_min_voxels", "4", cwd=out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

@@ -52,7 +52,9 @@ def tiny_gan(tmp_path_factory) -> dict:
     if not (root / "done").exists():
         datalist = make_demo_cohort(root / "cohort", seed=3, num_subjects=4, shape=(48, 52, 12))
         result = bundle("run", "training", "--config_file", str(CONFIGS / "train.json"), "--datalist", str(datalist),
-                        "--output_dir", str(run), "--max_epochs", "1", "--image_size", "32", cwd=root)
+                        "--output_dir", str(run), "--max_epochs", "1", "--image_size", "32",
+                        # the tiny phantoms' tumour cores are small: 4 voxels make a tumour slice (2 of 40 slices)
+                        "--slicing#tumour_min_voxels", "4", cwd=root)
         (root / "train_stdout.log").write_text(result.stdout)
         (root / "train_stderr.log").write_text(result.stderr)
         assert result.returncode == 0, result.stderr[-3000:]

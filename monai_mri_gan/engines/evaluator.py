@@ -290,7 +290,19 @@ class GanEvaluator(Evaluator):
             return True
         if self.num_classes == 0 or self.want_class_fidelity is False:
             return False
+        if self.classifier_source is None and self.want_class_fidelity is True and self._missing_classes():
+            self.logger.warning("no class fidelity: the real slices have no slice of class %s to train a "
+                                "classifier on (pass classifier=... to use one trained elsewhere).",
+                                ", ".join(self._missing_classes()))
+            return False
         return self.want_class_fidelity is True or self.classifier_source is not None
+
+    def _missing_classes(self) -> list[str]:
+        if self.real_labels is None:
+            return []
+        counts = torch.bincount(torch.as_tensor(self.real_labels).long().reshape(-1), minlength=self.num_classes)
+        names = list(self.class_names or [])
+        return [repr(names[c]) if c < len(names) else str(c) for c in range(self.num_classes) if counts[c] == 0]
 
     def _resolve_classifier(self) -> nn.Module:
         source = self.classifier_source
