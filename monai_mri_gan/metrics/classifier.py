@@ -6,8 +6,9 @@ penultimate (globally pooled) layer, for FID, KID and precision/recall without a
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,25 @@ def train_slice_classifier(
     learning_rate: float = 2e-3,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    *,
+    class_weighted: bool = True,
+    balance: float = 0.0,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    steps: int | None = None,
+    select: Callable[[nn.Module], float] | None = None,
+    select_every: int | None = None,
 ) -> ResNet:
     """Train :func:`build_slice_classifier` on real slices, with a class-weighted loss, reproducibly.
 
-    The cross-entropy weights each class by the inverse of its frequency, so a rare class (tumour slices are a
-    minority) counts as much as a common one. Initialisation and shuffling draw from a private random state
-    seeded with ``seed``; the global random state is left exactly as it was (a run that trains a classifier
-    mid-way resumes identically).
+    By default the cross-entropy weights each class by the inverse of its frequency, so a rare class (tumour slices
+    are a minority) counts as much as a common one. Initialisation, shuffling and sampling draw from a private
+    random state seeded with ``seed``; the global random state is left exactly as it was (a run that trains a
+    classifier mid-way resumes identically).
+
+    The keyword-only options give the standard remedies for class imbalance and a fixed budget, so that regimes
+    can be compared at equal cost (see :mod:`monai_mri_gan.study`): a plain loss (``class_weighted=False``),
+    oversampling of the rare class (``balance``), a batch augmentation (``augment``), a budget in optimiser steps
+    rather than epochs (``steps``), and keeping the weights that score best on held-out data (``select``).
 
     Args:
         images: ``(N, 1, H, W)`` real slices in [-1, 1].
@@ -88,12 +101,24 @@ def train_slice_classifier(
         learning_rate: Adam learning rate.
         seed: seed of initialisation and shuffling.
         device: device to train on.
+        class_weighted: weight the cross-entropy by inverse class frequency; False for a plain cross-entropy.
+        balance: 0 visits every slice once per epoch in a shuffled order; above 0 draws each epoch's slices with
+            replacement, class ``c`` with weight ``n_c ** -balance`` (1 draws every class equally often, as
+            :func:`~monai_mri_gan.data.class_balanced_sampler`).
+        augment: applied to every training batch ``(B, 1, H, W)`` on the CPU before the forward pass; it draws its
+            own randomness (seed it for a reproducible run; torch's random state is the private one here).
+        steps: optimiser steps in all (batches of fewer than two slices are skipped but count); None for
+            ``epochs`` passes over the slices.
+        select: scores the network (in eval mode) on held-out data, higher is better; the weights with the best
+            score (the earliest on ties) are returned instead of the last ones. None returns the last weights.
+        select_every: steps between two scorings (and the last step); None for once per epoch.
 
     Returns:
         the trained network, in eval mode, on ``device``.
 
     Raises:
-        ValueError: on mismatched inputs, or when a class has no slice.
+        ValueError: on mismatched inputs, when a class has no slice, or on a negative ``balance`` or a
+            non-positive ``steps`` or ``select_every``.
     """
     images = torch.as_tensor(images).as_subclass(torch.Tensor).float()
     labels = torch.as_tensor(labels).as_subclass(torch.Tensor).long().reshape(-1)
@@ -103,24 +128,48 @@ def train_slice_classifier(
     counts = torch.bincount(labels, minlength=num_classes).double()
     if (counts == 0).any():
         raise ValueError(f"every class needs at least one slice to train a classifier; counts are {counts.tolist()}.")
-    weights = (counts.sum() / (num_classes * counts)).float().to(device)
+    if float(balance) < 0:
+        raise ValueError(f"balance must be non-negative, got {balance}.")
+    steps_per_epoch = math.ceil(images.shape[0] / batch_size)
+    total_steps = int(epochs) * steps_per_epoch if steps is None else int(steps)
+    select_every = steps_per_epoch if select_every is None else int(select_every)
+    if total_steps < 1 or select_every < 1:
+        raise ValueError(f"steps and select_every must be positive, got {steps} and {select_every}.")
+    weights = (counts.sum() / (num_classes * counts)).float().to(device) if class_weighted else None
+    draw_weights = counts.pow(-float(balance))[labels] if balance > 0 else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_slice_classifier(num_classes, widths).to(device)
         order_rng = torch.Generator().manual_seed(seed)
         optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate)
+
+        def batches() -> Iterator[torch.Tensor]:
+            while True:
+                if draw_weights is None:
+                    order = torch.randperm(images.shape[0], generator=order_rng)
+                else:
+                    order = torch.multinomial(draw_weights, images.shape[0], replacement=True, generator=order_rng)
+                yield from order.split(batch_size)
+
+        best_score, best_state = -math.inf, None
         network.train()
-        for _ in range(int(epochs)):
-            order = torch.randperm(images.shape[0], generator=order_rng)
-            for start in range(0, images.shape[0], batch_size):
-                index = order[start : start + batch_size]
-                if index.numel() < 2:  # batch norm needs two samples
-                    continue
-                logits = network(images[index].to(device))
+        for step, index in zip(range(total_steps), batches(), strict=False):
+            if index.numel() >= 2:  # batch norm needs two samples
+                batch = images[index] if augment is None else augment(images[index])
+                logits = network(batch.to(device))
                 loss = F.cross_entropy(logits, labels[index].to(device), weight=weights)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
+            if select is not None and ((step + 1) % select_every == 0 or step + 1 == total_steps):
+                network.eval()
+                score = float(select(network))
+                network.train()
+                if best_state is None or score > best_score:
+                    best_score = score
+                    best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        if best_state is not None:
+            network.load_state_dict(best_state)
     return network.eval()
 
 
