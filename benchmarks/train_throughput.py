@@ -1,4 +1,5 @@
-"""Training throughput of the GAN trainer: slices/s and s/iteration by image size, memory format, precision, processes.
+"""Training throughput of the GAN trainer: slices/s and s/iteration by image size, memory format, precision, processes,
+and against ``monai.engines.GanTrainer``.
 
 Each measurement runs in a fresh process (two processes through ``torchrun`` on gloo for the data-parallel rows) on
 slices held in RAM, so it measures the trainer (both networks, R1 every 16 iterations, DiffAugment, as in
@@ -9,7 +10,15 @@ Scaling efficiency compares two processes with one thread each against twice one
 ideal of data parallelism) and against one process using both cores, which is what a user of a small machine
 would run instead.
 
-Prints a table and writes ``benchmarks/results/train_throughput.json``. Run: ``python benchmarks/train_throughput.py``.
+The comparison with ``monai.engines.GanTrainer`` trains identical unconditional networks with the same BCE losses,
+batch and size (128x128, no R1, no DiffAugment) in one run: ``GanTrainer`` as it comes (fp32, contiguous; its AMP
+is CUDA-only) against ``SliceGanTrainer`` with the bundle's settings (bf16 autocast, channels-last). Each row also
+gives the process's peak resident memory and the share of the machine's matmul FLOP/s (a 2048x2048 ``torch.mm`` in
+the same precision and threads) that training reaches, from the FLOPs of one iteration counted by
+``torch.utils.flop_counter.FlopCounterMode``.
+
+Prints tables and writes ``benchmarks/results/train_throughput.json``. Run: ``python benchmarks/train_throughput.py``
+(``--parts comparison`` or ``--parts grid`` for one part; the other part's rows already in the JSON are kept).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -26,11 +36,14 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Events
+from monai.engines import GanTrainer
+from torch.nn.functional import binary_cross_entropy_with_logits as bce
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from monai_mri_gan.augment import DiffAugment
 from monai_mri_gan.data.datasets import SliceTensorDataset
-from monai_mri_gan.engines import SliceGanTrainer
+from monai_mri_gan.engines import SliceGanTrainer, prepare_slice_batch
 from monai_mri_gan.losses import AdversarialLoss, R1Regulariser
 from monai_mri_gan.networks import build_networks
 
@@ -79,17 +92,75 @@ def measure(image_size: int, channels_last: bool, amp: bool, batch_size: int, wa
     return {"s_per_iteration": seconds, "slices_per_s": batch_size * world_size / seconds}
 
 
+def matmul_flops_per_s(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's measured matmul rate: ``2 n^3`` FLOPs per ``torch.mm`` of two ``n x n`` matrices."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def compare(engine_name: str, image_size: int, batch_size: int, warmup: int, iterations: int) -> dict:
+    """Train identical unconditional networks with ``monai.engines.GanTrainer`` or ours; time, memory, FLOP share."""
+    torch.manual_seed(0)
+    generator, discriminator = build_networks(image_size=image_size, latent_dim=LATENT_DIM, num_classes=0)
+    n = batch_size * (warmup + iterations)
+    images = torch.rand(n, 1, image_size, image_size, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loader = DataLoader(SliceTensorDataset(images, torch.zeros(n, dtype=torch.long)), batch_size=batch_size)
+    g_opt = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    ours = engine_name == "SliceGanTrainer"
+    if ours:
+        trainer = SliceGanTrainer(
+            device="cpu", max_epochs=1, train_data_loader=loader, generator=generator, discriminator=discriminator,
+            g_optimizer=g_opt, d_optimizer=d_opt, loss=AdversarialLoss("bce"), latent_dim=LATENT_DIM, amp=True,
+            channels_last=True)
+    else:
+        # the losses MONAI's GAN tutorial writes for GanTrainer: D on detached fakes and on reals, G through D
+        def d_loss(fakes: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
+            real_logits, fake_logits = discriminator(reals), discriminator(fakes.detach())
+            return bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+
+        def g_loss(fakes: torch.Tensor) -> torch.Tensor:
+            logits = discriminator(fakes)
+            return bce(logits, torch.ones_like(logits))
+
+        trainer = GanTrainer(
+            device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, g_network=generator,
+            g_optimizer=g_opt, g_loss_function=g_loss, d_network=discriminator, d_optimizer=d_opt,
+            d_loss_function=d_loss, latent_shape=LATENT_DIM, decollate=False,
+            d_prepare_batch=lambda batch, device, non_blocking, **kwargs: prepare_slice_batch(batch, device)[0])
+    stamps: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: stamps.append(time.perf_counter()))
+    trainer.run()
+    seconds = (stamps[-1] - stamps[warmup - 1]) / iterations
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    with FlopCounterMode(display=False) as counter:  # one more iteration, counted
+        trainer._iteration(trainer, next(iter(loader)))
+    flops = counter.get_total_flops()
+    peak = matmul_flops_per_s(bf16=ours)
+    return {"engine": engine_name, "precision": "bf16" if ours else "fp32",
+            "memory_format": "channels_last" if ours else "contiguous", "s_per_iteration": seconds,
+            "slices_per_s": batch_size / seconds, "peak_rss_mb": peak_mb, "gflop_per_iteration": flops / 1e9,
+            "gflop_per_s": flops / seconds / 1e9, "matmul_gflop_per_s": peak / 1e9,
+            "share_of_matmul_flop_per_s": flops / seconds / peak}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def run_case(image_size: int, channels_last: bool, amp: bool, processes: int, threads: int, args) -> dict:
+def run_case(image_size: int, channels_last: bool, amp: bool, processes: int, threads: int, args,
+             engine: str = "") -> dict:
     """Measure one configuration in fresh processes; returns the measurement of rank 0."""
     worker = [str(Path(__file__).resolve()), "--measure", "--image_size", str(image_size),
               "--channels_last", str(int(channels_last)), "--amp", str(int(amp)), "--batch_size", str(args.batch_size),
-              "--warmup", str(args.warmup), "--iterations", str(args.iterations)]
+              "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--engine", engine]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     if processes == 1:
         cmd = [sys.executable, *worker]
@@ -114,16 +185,62 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=64, help=argparse.SUPPRESS)
     parser.add_argument("--channels_last", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--amp", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--parts", nargs="+", choices=("grid", "comparison"), default=["grid", "comparison"])
+    parser.add_argument("--comparison_size", type=int, default=128)
     args = parser.parse_args()
     if args.measure:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        result = measure(args.image_size, bool(args.channels_last), bool(args.amp), args.batch_size, args.warmup,
-                         args.iterations)
+        if args.engine:
+            result = compare(args.engine, args.image_size, args.batch_size, args.warmup, args.iterations)
+        else:
+            result = measure(args.image_size, bool(args.channels_last), bool(args.amp), args.batch_size, args.warmup,
+                             args.iterations)
         if result:
             print(json.dumps(result), flush=True)
         return
 
     cores = os.cpu_count() or 1
+    previous = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
+    record = {
+        "benchmark": "train_throughput",
+        "machine": {"cpu_count": cores, "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "settings": {"batch_size_per_process": args.batch_size, "warmup": args.warmup, "iterations": args.iterations,
+                     "latent_dim": LATENT_DIM, "num_classes": NUM_CLASSES, "r1_every": 16,
+                     "diffaugment": ["translation", "cutout"], "backend": "gloo", "data": "random slices in RAM"},
+        "rows": previous.get("rows", []),
+        "gan_trainer_comparison": previous.get("gan_trainer_comparison", {}),
+    }
+    if "comparison" in args.parts:
+        record["gan_trainer_comparison"] = run_comparison(args, cores)
+    if "grid" in args.parts:
+        record["rows"] = run_grid(args, cores)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+def run_comparison(args, cores: int) -> dict:
+    """``monai.engines.GanTrainer`` against ours, one after the other in fresh processes using every core."""
+    rows = [run_case(args.comparison_size, False, False, 1, cores, args, engine=name)
+            for name in ("GanTrainer", "SliceGanTrainer")]
+    ratio = rows[1]["slices_per_s"] / rows[0]["slices_per_s"]
+    print(f"\n{args.comparison_size}x{args.comparison_size}, batch {args.batch_size}, {cores} threads, identical "
+          "unconditional networks and BCE losses")
+    header = f"{'engine':<16} {'prec':<5} {'format':<14} {'slices/s':>9} {'peak MB':>8} {'GFLOP/s':>8} {'of matmul':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['engine']:<16} {r['precision']:<5} {r['memory_format']:<14} {r['slices_per_s']:>9.1f} "
+              f"{r['peak_rss_mb']:>8.0f} {r['gflop_per_s']:>8.1f} {100 * r['share_of_matmul_flop_per_s']:>8.0f}%")
+    print(f"SliceGanTrainer / GanTrainer: {ratio:.2f}x\n")
+    return {"image_size": args.comparison_size, "batch_size": args.batch_size, "threads": cores, "rows": rows,
+            "speedup": ratio}
+
+
+def run_grid(args, cores: int) -> list[dict]:
+    """Our trainer by image size, memory format, precision and process layout."""
     # (processes, threads per process): one process on one core, one on all cores, one process per core
     layouts = [(1, 1), (1, cores), (cores, 1)] if cores > 1 else [(1, 1)]
     rows = []
@@ -155,18 +272,7 @@ def main() -> None:
         print(f"{r['image_size']:>4} {r['memory_format']:<14} {r['precision']:<5} "
               f"{r['processes']:>5} x {r['threads_per_process']:<3} {r['slices_per_s']:>9.1f} "
               f"{r['s_per_iteration']:>7.3f}  {scaling}")
-    record = {
-        "benchmark": "train_throughput",
-        "machine": {"cpu_count": cores, "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "torch": torch.__version__},
-        "settings": {"batch_size_per_process": args.batch_size, "warmup": args.warmup, "iterations": args.iterations,
-                     "latent_dim": LATENT_DIM, "num_classes": NUM_CLASSES, "r1_every": 16,
-                     "diffaugment": ["translation", "cutout"], "backend": "gloo", "data": "random slices in RAM"},
-        "rows": rows,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    return rows
 
 
 if __name__ == "__main__":
