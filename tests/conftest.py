@@ -29,3 +29,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def gan(tmp_path_factory):
+    """The tiny bundle-trained checkpoint shared by the synthesis, augmentation and export tests (``tiny_gan``)."""
+    from test_synthesis import tiny_gan
+
+    return tiny_gan(tmp_path_factory)

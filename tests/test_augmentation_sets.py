@@ -6,16 +6,11 @@ import math
 import pytest
 import torch
 from monai.transforms import LoadImage
-from test_synthesis import CONFIGS, bundle, tiny_gan
+from test_synthesis import CONFIGS, bundle
 
 from monai_mri_gan.data import SliceCohort, load_datalist
 from monai_mri_gan.restore import slicing_kwargs
 from monai_mri_gan.synthesis import AUGMENTED_DATALIST, build_balanced_set, synthetic_quota
-
-
-@pytest.fixture(scope="module")
-def gan(tmp_path_factory):
-    return tiny_gan(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,11 @@
 configuration, and metadata.json against MONAI's bundle schema offline."""
 
 
-import pytest
 import torch
 from monai.bundle import ConfigParser
-from test_synthesis import CONFIGS, bundle, tiny_gan
+from test_synthesis import CONFIGS, bundle
 
 from monai_mri_gan.restore import generator_from_checkpoint
-
-
-@pytest.fixture(scope="module")
-def gan(tmp_path_factory):
-    return tiny_gan(tmp_path_factory)
 
 
 def test_network_def_follows_the_checkpoint(gan):

@@ -65,11 +65,6 @@ def tiny_gan(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gan(tmp_path_factory):
-    return tiny_gan(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def cohort(gan):
     """The reference cohort, cut with the checkpoint's slicing configuration."""
     config = torch.load(gan["checkpoint"], weights_only=True)["config"]

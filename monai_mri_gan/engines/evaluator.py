@@ -290,10 +290,10 @@ class GanEvaluator(Evaluator):
             return True
         if self.num_classes == 0 or self.want_class_fidelity is False:
             return False
-        if self.classifier_source is None and self.want_class_fidelity is True and self._missing_classes():
+        missing = self._missing_classes() if self.classifier_source is None else []
+        if self.want_class_fidelity is True and missing:
             self.logger.warning("no class fidelity: the real slices have no slice of class %s to train a "
-                                "classifier on (pass classifier=... to use one trained elsewhere).",
-                                ", ".join(self._missing_classes()))
+                                "classifier on (pass classifier=... to use one trained elsewhere).", ", ".join(missing))
             return False
         return self.want_class_fidelity is True or self.classifier_source is not None
 

@@ -308,19 +308,20 @@ class ExtractSlicesd(MapTransform):
         label_slices = cut_slices(label, kept, axis) if label is not None else []
         items = []
         for n, index in enumerate(kept):
+            if label is not None:
+                mask = label_slices[n].as_tensor()
+                found = mask.ne(0) if self.tumour_labels is None else torch.isin(mask, self.tumour_labels)
+                slice_class = int(int(torch.count_nonzero(found.any(dim=0))) >= self.tumour_min_voxels)
+                if self.drop_ambiguous and slice_class == 0 and bool(mask.ne(0).any()):
+                    continue
+            else:
+                slice_class = int(d.get("class", 0))
             item = {k: deepcopy(v) for k, v in d.items() if k not in sliced}
             for key in volumes:
                 item[key] = slices[key][n]
             if label is not None:
-                label_slice = label_slices[n]
-                item[self.label_key] = label_slice
-                mask = label_slice.as_tensor()
-                found = mask.ne(0) if self.tumour_labels is None else torch.isin(mask, self.tumour_labels)
-                item["class"] = int(int(torch.count_nonzero(found.any(dim=0))) >= self.tumour_min_voxels)
-                if self.drop_ambiguous and item["class"] == 0 and bool(mask.ne(0).any()):
-                    continue
-            else:
-                item["class"] = int(d.get("class", 0))
+                item[self.label_key] = label_slices[n]
+            item["class"] = slice_class
             item["slice_index"] = index
             item["slice_axis"] = axis
             items.append(item)
