@@ -15,7 +15,9 @@ from monai_mri_gan.losses import (
     hinge_generator_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
+    mode_seeking_loss,
     r1_penalty,
+    same_class_pairs,
 )
 
 REAL = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
@@ -121,3 +123,30 @@ def test_lazy_r1_schedule_and_scaling():
     assert R1Regulariser(gamma=0.0)(discriminator, images, labels, 0).item() == 0.0
     with pytest.raises(ValueError, match="every"):
         R1Regulariser(every=0)
+
+
+def test_same_class_pairs():
+    labels = torch.tensor([1, 0, 1, 0, 0, 1, 1])
+    first, second = same_class_pairs(labels, 7)
+    pairs = sorted(zip(first.tolist(), second.tolist()))
+    assert pairs == [(0, 2), (1, 3), (5, 6)]  # consecutive members per class; the odd one out (4) is unpaired
+    first, second = same_class_pairs(None, 5)
+    assert first.tolist() == [0, 2] and second.tolist() == [1, 3]
+
+
+def test_mode_seeking_loss_by_hand():
+    images = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.5, -0.5], [0.0, 0.0]]).reshape(4, 1, 1, 2)
+    latents = torch.tensor([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [1.0, -1.0]])
+    # unconditional pairs (0, 1) and (2, 3): image |diffs| 1, 0, 0.5, 0.5 -> mean 0.5; latent 2, 0, 0, 2 -> mean 1
+    assert float(mode_seeking_loss(images, latents, eps=0.0)) == pytest.approx(1 / 0.5)
+    # classes pair (0, 2) and (1, 3): images 0.5, 1.5, 1, 1 -> 1; latents 1, 1, 1, 1 -> 1
+    labels = torch.tensor([0, 1, 0, 1])
+    assert float(mode_seeking_loss(images, latents, labels, eps=1e-5)) == pytest.approx(1 / (1e-5 + 1.0))
+    # identical images (a collapsed generator) cost 1 / eps; no pair of one class costs 0
+    assert float(mode_seeking_loss(torch.zeros(4, 1, 2, 2), latents, eps=1e-3)) == pytest.approx(1e3)
+    loose = torch.zeros(2, 1, 2, 2, requires_grad=True)
+    loss = mode_seeking_loss(loose, latents[:2], torch.tensor([0, 1]))
+    assert float(loss.detach()) == 0.0
+    loss.backward()  # the zero keeps a gradient path, so a batch without pairs does not break the step
+    with pytest.raises(ValueError, match="latent"):
+        mode_seeking_loss(images, latents[:3])

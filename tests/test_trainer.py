@@ -34,7 +34,7 @@ def _data(n=10, classes=2, seed=0):
 
 
 def _trainer(out_dir=None, num_classes=2, max_epochs=1, batch_size=4, d_steps=1, amp=False, handlers=True,
-             class_loss_weight=0.0):
+             class_loss_weight=0.0, mode_seeking_weight=0.0):
     torch.manual_seed(0)
     g, d = build_networks(image_size=SIZE, latent_dim=LATENT, num_classes=num_classes, base_channels=8,
                           auxiliary_classifier=class_loss_weight > 0)
@@ -47,6 +47,7 @@ def _trainer(out_dir=None, num_classes=2, max_epochs=1, batch_size=4, d_steps=1,
         g_optimizer=g_opt, d_optimizer=d_opt, loss=AdversarialLoss("bce"), latent_dim=LATENT,
         num_classes=num_classes, d_steps=d_steps, regulariser=R1Regulariser(gamma=1.0, every=2),
         augment=DiffAugment(("translation", "cutout")), amp=amp, class_loss_weight=class_loss_weight,
+        mode_seeking_weight=mode_seeking_weight,
     )
     objects = {"generator": g, "ema_generator": ema, "discriminator": d, "g_optimizer": g_opt,
                "d_optimizer": d_opt, "trainer": trainer, "random_state": RandomState()}
@@ -125,6 +126,43 @@ def test_auxiliary_class_losses(monkeypatch):
     plain.class_loss_weight = 1.0
     with pytest.raises(ValueError, match="auxiliary classifier"):
         plain.run()
+
+
+def test_mode_seeking_term(monkeypatch):
+    trainer, _ = _trainer(handlers=False, batch_size=5, mode_seeking_weight=0.25)
+    seen = {}
+    real_generate, real_discriminate = trainer._generate, trainer._discriminate
+
+    def generate(z, labels):
+        out = real_generate(z, labels)
+        seen["generate"] = (z, labels, out.detach())
+        return out
+
+    def discriminate(images, labels):
+        logits, classes = real_discriminate(images, labels)
+        seen["logits"] = logits.detach()
+        return logits, classes
+
+    monkeypatch.setattr(trainer, "_generate", generate)
+    monkeypatch.setattr(trainer, "_discriminate", discriminate)
+    trainer.run()
+    losses = from_engine(["loss"], first=True)(trainer.state.output)
+    z, labels, fakes = seen["generate"]  # the generator step's latents, classes and fakes
+    pairs = [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]]
+    assert pairs  # 5 slices of 2 classes hold a pair of one class
+    first = [min(i for i in range(len(labels)) if labels[i] == c) for c in labels.unique()]
+    second = [min(i for i in range(len(labels)) if labels[i] == c and i not in first) for c in labels.unique()]
+    image_distance = torch.stack([(fakes[a] - fakes[b]).abs().mean() for a, b in zip(first, second)]).mean()
+    latent_distance = torch.stack([(z[a] - z[b]).abs().mean() for a, b in zip(first, second)]).mean()
+    expected = 1 / (1e-5 + image_distance / latent_distance)
+    assert losses["mode_seeking"] == pytest.approx(float(expected), rel=1e-5)
+    adversarial = torch.nn.functional.softplus(-seen["logits"]).mean()
+    assert losses["g_loss"] == pytest.approx(float(adversarial + 0.25 * expected), rel=1e-5)
+    plain, _ = _trainer(handlers=False)
+    plain.run()
+    assert "mode_seeking" not in from_engine(["loss"], first=True)(plain.state.output)
+    with pytest.raises(ValueError, match="mode_seeking_weight"):
+        _trainer(handlers=False, mode_seeking_weight=-1.0)
 
 
 def test_conditional_batch_without_classes_is_refused():

@@ -12,6 +12,8 @@ from monai.inferers import Inferer, SimpleInferer
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from monai_mri_gan.losses import mode_seeking_loss
+
 __all__ = ["SliceGanTrainer", "prepare_slice_batch", "GanOutput"]
 
 
@@ -22,7 +24,8 @@ class GanOutput:
     holding the real slice (``IMAGE``), its class (``LABEL``, conditional models), a fake of the same class
     (``PRED``) and, replicated in every item as MONAI replicates ``loss``, a ``LOSS`` dictionary of the step's
     scalars (``G_LOSS``, ``D_LOSS``, ``R1``, ``D_REAL``, ``D_FAKE``, and with an auxiliary classifier
-    ``CLASS_REAL`` and ``CLASS_FAKE``, its cross-entropy on reals and on fakes).
+    ``CLASS_REAL`` and ``CLASS_FAKE``, its cross-entropy on reals and on fakes; with a mode-seeking weight,
+    ``MODE_SEEKING``, the unweighted :func:`~monai_mri_gan.losses.mode_seeking_loss`).
     So ``from_engine(["loss"], first=True)``, the output transform of MONAI's default trackers, returns every
     loss of the step by name.
     """
@@ -38,6 +41,7 @@ class GanOutput:
     D_FAKE = "d_fake"
     CLASS_REAL = "class_real"
     CLASS_FAKE = "class_fake"
+    MODE_SEEKING = "mode_seeking"
 
 
 def prepare_slice_batch(
@@ -96,6 +100,10 @@ class SliceGanTrainer(Trainer):
     also learns to classify the real slices (cross-entropy), and the generator is asked for fakes it classifies as
     their class; both terms are added with that weight.
 
+    With ``mode_seeking_weight > 0`` the generator loss adds that weight times
+    :func:`~monai_mri_gan.losses.mode_seeking_loss` of the step's fakes against their latents (pairs of one class),
+    which counters mode collapse: a small class (tumour slices) otherwise tends to one head with one lesion.
+
     Fakes for a conditional model use the classes of the real batch, so both networks see the data's class mix.
 
     Args:
@@ -116,6 +124,7 @@ class SliceGanTrainer(Trainer):
         augment: optional differentiable augmentation applied to real and fake images alike before ``D``.
         class_loss_weight: weight of the auxiliary classification losses; needs a discriminator whose output has
             ``1 + num_classes`` columns (``SliceDiscriminator(auxiliary_classifier=True)``). 0 disables them.
+        mode_seeking_weight: weight of the mode-seeking regulariser in the generator loss; 0 disables it.
         amp: enable mixed precision (bf16 on CPU, fp16 with gradient scaling on CUDA).
         channels_last: run networks and images in channels-last memory format.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
@@ -144,6 +153,7 @@ class SliceGanTrainer(Trainer):
         regulariser: Callable | None = None,
         augment: Callable | None = None,
         class_loss_weight: float = 0.0,
+        mode_seeking_weight: float = 0.0,
         amp: bool = False,
         channels_last: bool = False,
         epoch_length: int | None = None,
@@ -163,6 +173,8 @@ class SliceGanTrainer(Trainer):
         if float(class_loss_weight) < 0 or (float(class_loss_weight) > 0 and int(num_classes) < 1):
             raise ValueError(f"class_loss_weight must be 0, or positive for a conditional GAN; got {class_loss_weight} "
                              f"with {num_classes} classes.")
+        if not float(mode_seeking_weight) >= 0:
+            raise ValueError(f"mode_seeking_weight must be >= 0, got {mode_seeking_weight}.")
         device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         generator.to(device=device, memory_format=self.memory_format)
@@ -189,6 +201,7 @@ class SliceGanTrainer(Trainer):
         self.regulariser = regulariser
         self.augment = augment
         self.class_loss_weight = float(class_loss_weight)
+        self.mode_seeking_weight = float(mode_seeking_weight)
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
         self.use_amp = bool(amp)
         self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
@@ -293,13 +306,18 @@ class SliceGanTrainer(Trainer):
             d_loss_total += d_loss.item()
 
         self.discriminator.requires_grad_(False)
+        latents = self.sample_latents(batch_size)
         with self._autocast():
-            fakes = self._generate(self.sample_latents(batch_size), labels)
+            fakes = self._generate(latents, labels)
             g_logits, fake_classes = self._discriminate(self._augment(fakes), labels)
         g_loss = self.loss.generator_loss(g_logits)
         class_fake = self._class_loss(fake_classes, labels)
         if class_fake is not None:
             g_loss = g_loss + self.class_loss_weight * class_fake
+        mode_seeking = None
+        if self.mode_seeking_weight > 0:
+            mode_seeking = mode_seeking_loss(fakes, latents, labels)
+            g_loss = g_loss + self.mode_seeking_weight * mode_seeking
         self.g_optimizer.zero_grad(set_to_none=True)
         self.g_scaler.scale(g_loss).backward()
         self.g_scaler.step(self.g_optimizer)
@@ -316,4 +334,6 @@ class SliceGanTrainer(Trainer):
         if class_fake is not None:
             losses[GanOutput.CLASS_REAL] = class_real_total / self.d_steps
             losses[GanOutput.CLASS_FAKE] = class_fake.item()
+        if mode_seeking is not None:
+            losses[GanOutput.MODE_SEEKING] = mode_seeking.item()
         return losses, fakes
