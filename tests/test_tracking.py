@@ -45,11 +45,12 @@ def test_bundle_run_records_params_losses_metrics_and_grids(tmp_path):
     params = run.data.params
     assert params["image_size"] == "32" and params["latent_dim"] == "128" and params["num_classes"] == "2"
     assert params["loss"] == "bce" and params["max_epochs"] == "2" and params["epoch_length"] == "5"
+    assert params["mode_seeking_weight"] == "0.3"
 
     # losses at every iteration (38 slices in batches of 8: 5 per epoch), the same values TensorBoard received
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    for key in ("g_loss", "d_loss", "d_real", "d_fake"):
+    for key in ("g_loss", "d_loss", "d_real", "d_fake", "mode_seeking"):
         history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert [step for step, _ in history] == list(range(1, 11))
         board = [(e.step, e.value) for e in events.Scalars(key)]
