@@ -23,6 +23,7 @@ __all__ = [
     "lsgan_generator_loss",
     "mode_seeking_loss",
     "r1_penalty",
+    "same_class_pairs",
 ]
 
 
