@@ -45,6 +45,10 @@ def train_and_evaluate(weight: float, seed: int, max_epochs: int | None, work_di
     return report
 
 
+def _cells(values: dict) -> str:
+    return " ".join(f"{'-':>10}" if values[k] is None else f"{values[k]:>10.3f}" for k in METRICS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 0.3, 1.0])
@@ -64,15 +68,11 @@ def main() -> None:
                              "generated": {k: report["generated"].get(k) for k in METRICS},
                              "real_vs_real": {k: report["real_vs_real"].get(k) for k in METRICS}})
 
-    header = f"{'weight':>6} {'seed':>4} " + " ".join(f"{k:>10}" for k in METRICS) + f" {'train s':>8}"
-    print(header)
+    print(f"{'weight':>6} {'seed':>4} " + " ".join(f"{k:>10}" for k in METRICS) + f" {'train s':>8}")
     for row in rows:
-        values = " ".join(f"{row['generated'][k]:>10.3f}" if row["generated"][k] is not None else f"{'-':>10}"
-                          for k in METRICS)
-        print(f"{row['mode_seeking_weight']:>6g} {row['seed']:>4} {values} {row['train_seconds']:>8.0f}")
-    floor = rows[0]["real_vs_real"]
-    print(f"{'floor':>11} " + " ".join(f"{floor[k]:>10.3f}" if floor[k] is not None else f"{'-':>10}"
-                                       for k in METRICS))
+        print(f"{row['mode_seeking_weight']:>6g} {row['seed']:>4} {_cells(row['generated'])} "
+              f"{row['train_seconds']:>8.0f}")
+    print(f"{'floor':>11} {_cells(rows[0]['real_vs_real'])}")
     write_json_atomic({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                        "max_epochs": args.max_epochs, "runs": rows}, args.output)
     print(f"wrote {args.output}")

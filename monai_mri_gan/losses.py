@@ -187,9 +187,7 @@ def same_class_pairs(labels: torch.Tensor | None, batch_size: int) -> tuple[torc
         two (P,) index tensors, the first and second member of each pair.
     """
     if labels is None:
-        order = torch.arange(batch_size)
-        first, second = order[0 : batch_size - 1 : 2], order[1:batch_size:2]
-        return first, second
+        return torch.arange(0, batch_size - 1, 2), torch.arange(1, batch_size, 2)
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
     firsts, seconds = [], []
