@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["DataError", "ErrorPolicy"]
+__all__ = ["DataError", "ErrorPolicy", "SubjectLeakageError", "TrainingDiverged"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ class DataError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class SubjectLeakageError(ValueError):
+    """A model that must see training subjects only was given a validation or test subject."""
 
 
 class ErrorPolicy:
@@ -67,3 +71,7 @@ class ErrorPolicy:
             return ""
         lines = [f"{len(self.errors)} input(s) skipped:"] + [f"  - {err}" for err in self.errors]
         return "\n".join(lines)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss; the message names the iteration and the last good checkpoint."""

@@ -8,8 +8,8 @@ import torch
 from monai.transforms import LoadImage
 from test_synthesis import CONFIGS, bundle
 
-from monai_mri_gan.data import SliceCohort, load_datalist
-from monai_mri_gan.restore import slicing_kwargs
+from monai_mri_gan.data import load_datalist
+from monai_mri_gan.runs import cohort_from_record
 from monai_mri_gan.synthesis import AUGMENTED_DATALIST, build_balanced_set, synthetic_quota
 
 
@@ -17,7 +17,7 @@ from monai_mri_gan.synthesis import AUGMENTED_DATALIST, build_balanced_set, synt
 def real_counts(gan):
     """Real slices per class, cut independently with the checkpoint's slicing configuration."""
     config = torch.load(gan["checkpoint"], weights_only=True)["config"]
-    return SliceCohort(load_datalist(gan["datalist"]), **slicing_kwargs(config)).class_counts()
+    return cohort_from_record(config, load_datalist(gan["datalist"])).class_counts()
 
 
 def test_synthetic_quota_values():

@@ -6,7 +6,7 @@ import torch
 from monai.bundle import ConfigParser
 from test_synthesis import CONFIGS, bundle
 
-from monai_mri_gan.restore import generator_from_checkpoint
+from monai_mri_gan.runs import generator_from_checkpoint
 
 
 def test_network_def_follows_the_checkpoint(gan):

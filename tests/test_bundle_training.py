@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from monai_mri_gan.data import make_demo_cohort
-from monai_mri_gan.handlers import load_checkpoint
 from monai_mri_gan.networks import SliceGenerator
+from monai_mri_gan.runs import build_network, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "bundles" / "brain_mri_gan" / "configs" / "train.json"
@@ -43,8 +43,8 @@ def test_training_bundle_short_run(tmp_path, tiny_cohort, conditional):
     config = ckpt["config"]
     assert config["num_classes"] == (2 if conditional else 0) and config["image_size"] == 32
     # the checkpoint alone rebuilds the EMA generator
-    g = SliceGenerator(latent_dim=config["latent_dim"], image_size=config["image_size"],
-                       base_channels=config["g_channels"], num_classes=config["num_classes"])
+    g = build_network(config, "generator")
+    assert isinstance(g, SliceGenerator) and g.latent_dim == config["latent_dim"]
     g.load_state_dict(ckpt["ema_generator"])
     grid = np.asarray(Image.open(out / "samples" / "epoch_0002.png"))
     rows = 2  # one per class, or two unconditional rows

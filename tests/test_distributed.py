@@ -12,8 +12,7 @@ from monai.bundle import ConfigParser
 
 from monai_mri_gan.data import make_demo_cohort
 from monai_mri_gan.engines.distributed import is_main_process, local_device
-from monai_mri_gan.handlers import load_checkpoint
-from monai_mri_gan.networks import SliceDiscriminator, SliceGenerator
+from monai_mri_gan.runs import build_network, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "brain_mri_gan" / "configs"
@@ -121,11 +120,9 @@ def test_torchrun_two_ranks_train_identical_networks_and_resume(tmp_path):
             assert torch.equal(value, ckpt[name][key]), f"{name}.{key} differs from the checkpoint"
     # the checkpoint holds unwrapped state dicts: single-process networks load it as it is
     config = ckpt["config"]
-    g = SliceGenerator(latent_dim=config["latent_dim"], image_size=32, base_channels=config["g_channels"],
-                       num_classes=config["num_classes"])
+    g = build_network(config, "generator")
     g.load_state_dict(ckpt["ema_generator"])
-    SliceDiscriminator(image_size=32, base_channels=config["d_channels"],
-                       num_classes=config["num_classes"]).load_state_dict(ckpt["discriminator"])
+    build_network(config, "discriminator").load_state_dict(ckpt["discriminator"])
     trained = ranks[0]["generator"]["project.weight"].clone()
 
     # a second epoch under torchrun resumes on both ranks from rank 0's checkpoint, and the ranks stay in step

@@ -8,19 +8,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from monai_mri_gan.handlers import (
-    DivergenceGuard,
-    GanCheckpointSaver,
-    GeneratorEMA,
-    RandomState,
-    TrainingDiverged,
-    ema_copy,
-    every_n,
-    latest_checkpoint,
-    load_checkpoint,
-    sample_grid,
-    save_atomic,
-)
+from monai_mri_gan.errors import TrainingDiverged
+from monai_mri_gan.handlers import DivergenceGuard, GanCheckpointSaver, GeneratorEMA, ema_copy, every_n, sample_grid
+from monai_mri_gan.runs import RandomState, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def _engine(outputs):
@@ -69,16 +59,16 @@ def test_every_n():
         every_n(0)
 
 
-def test_save_atomic_keeps_old_file_on_failure(tmp_path):
+def test_save_checkpoint_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "ckpt.pt"
-    save_atomic({"a": torch.ones(2)}, path)
+    save_checkpoint({"a": torch.ones(2)}, path)
 
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("cannot pickle")
 
     with pytest.raises(RuntimeError, match="cannot pickle"):
-        save_atomic({"a": Unpicklable()}, path)
+        save_checkpoint({"a": Unpicklable()}, path)
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
     torch.testing.assert_close(torch.load(path, weights_only=True)["a"], torch.ones(2))
 
@@ -117,10 +107,10 @@ def test_random_state_roundtrip():
 
 
 def test_divergence_guard_message(tmp_path):
-    save_atomic({}, tmp_path / "checkpoint_epoch0001.pt")
+    save_checkpoint({}, tmp_path / "checkpoint_epoch0001.pt")
     outputs = [[{"loss": {"g_loss": 1.0, "d_loss": 0.5}}], [{"loss": {"g_loss": float("nan"), "d_loss": 0.5}}]]
     engine = Engine(lambda e, b: outputs[e.state.iteration - 1])
-    DivergenceGuard(checkpoint_dir=str(tmp_path)).attach(engine)
+    DivergenceGuard(ckpt_dir=str(tmp_path)).attach(engine)
     with pytest.raises(TrainingDiverged, match=r"iteration 2: g_loss=nan.*checkpoint_epoch0001\.pt"):
         engine.run([0, 1], max_epochs=1)
 

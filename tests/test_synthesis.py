@@ -15,8 +15,8 @@ import SimpleITK as sitk
 import torch
 from monai.utils import convert_to_numpy
 
-from monai_mri_gan.data import SliceCohort, load_datalist, make_demo_cohort
-from monai_mri_gan.restore import generator_from_checkpoint, slicing_kwargs
+from monai_mri_gan.data import load_datalist, make_demo_cohort
+from monai_mri_gan.runs import cohort_from_record, generator_from_checkpoint
 from monai_mri_gan.synthesis import (
     PHI_KEYS,
     SliceSynthesiser,
@@ -68,7 +68,7 @@ def tiny_gan(tmp_path_factory) -> dict:
 def cohort(gan):
     """The reference cohort, cut with the checkpoint's slicing configuration."""
     config = torch.load(gan["checkpoint"], weights_only=True)["config"]
-    return SliceCohort(load_datalist(gan["datalist"]), **slicing_kwargs(config))
+    return cohort_from_record(config, load_datalist(gan["datalist"]))
 
 
 def lps_geometry(affine):

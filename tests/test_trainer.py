@@ -6,22 +6,15 @@ from ignite.engine import Events
 from monai.handlers import from_engine
 from torch.utils.data import DataLoader
 
-from monai_mri_gan.augment import DiffAugment
 from monai_mri_gan.data.datasets import SliceTensorDataset
+from monai_mri_gan.diffaugment import DiffAugment
 from monai_mri_gan.engines import SliceGanTrainer, prepare_slice_batch
-from monai_mri_gan.handlers import (
-    DivergenceGuard,
-    GanCheckpointSaver,
-    GeneratorEMA,
-    RandomState,
-    ResumeFromCheckpoint,
-    TrainingDiverged,
-    ema_copy,
-    latest_checkpoint,
-    load_checkpoint,
-)
+from monai_mri_gan.errors import TrainingDiverged
+from monai_mri_gan.handlers import DivergenceGuard, GanCheckpointSaver, GeneratorEMA, ResumeFromCheckpoint, ema_copy
 from monai_mri_gan.losses import AdversarialLoss, R1Regulariser
 from monai_mri_gan.networks import build_networks
+from monai_mri_gan.objectives import WholeSliceObjective
+from monai_mri_gan.runs import RandomState, latest_checkpoint, load_checkpoint
 
 SIZE, LATENT = 32, 16
 
@@ -44,17 +37,18 @@ def _trainer(out_dir=None, num_classes=2, max_epochs=1, batch_size=4, d_steps=1,
     loader = DataLoader(_data(classes=max(num_classes, 1)), batch_size=batch_size, shuffle=True)
     trainer = SliceGanTrainer(
         device="cpu", max_epochs=max_epochs, train_data_loader=loader, generator=g, discriminator=d,
-        g_optimizer=g_opt, d_optimizer=d_opt, loss=AdversarialLoss("bce"), latent_dim=LATENT,
-        num_classes=num_classes, d_steps=d_steps, regulariser=R1Regulariser(gamma=1.0, every=2),
-        augment=DiffAugment(("translation", "cutout")), amp=amp, class_loss_weight=class_loss_weight,
-        mode_seeking_weight=mode_seeking_weight,
+        g_optimizer=g_opt, d_optimizer=d_opt, d_steps=d_steps, amp=amp,
+        objective=WholeSliceObjective(
+            latent_dim=LATENT, num_classes=num_classes, loss=AdversarialLoss("bce"),
+            regulariser=R1Regulariser(gamma=1.0, every=2), diffaugment=DiffAugment(("translation", "cutout")),
+            class_loss_weight=class_loss_weight, mode_seeking_weight=mode_seeking_weight),
     )
     objects = {"generator": g, "ema_generator": ema, "discriminator": d, "g_optimizer": g_opt,
                "d_optimizer": d_opt, "trainer": trainer, "random_state": RandomState()}
     if handlers:
         trainer.attach_handlers([
             ResumeFromCheckpoint(out_dir, objects),
-            DivergenceGuard(checkpoint_dir=out_dir),
+            DivergenceGuard(ckpt_dir=out_dir),
             GeneratorEMA(g, ema, decay=0.9),
             GanCheckpointSaver(out_dir, objects, keep_last=5),
         ])
@@ -99,14 +93,15 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
 def test_auxiliary_class_losses(monkeypatch):
     trainer, obj = _trainer(handlers=False, class_loss_weight=0.5)
     seen = []
-    real_step = trainer._discriminate
+    real_step = trainer.discriminate
 
     def spy(images, labels):
-        logits, classes = real_step(images, labels)
+        out = real_step(images, labels)
+        logits, classes = out[:, 0], out[:, 1:]
         seen.append((logits.detach(), classes.detach(), labels))
-        return logits, classes
+        return out
 
-    monkeypatch.setattr(trainer, "_discriminate", spy)
+    monkeypatch.setattr(trainer, "discriminate", spy)
     trainer.run()
     losses = from_engine(["loss"], first=True)(trainer.state.output)
     assert set(losses) >= {"class_real", "class_fake"}
@@ -121,9 +116,9 @@ def test_auxiliary_class_losses(monkeypatch):
         SliceGanTrainer(device="cpu", max_epochs=1, train_data_loader=unconditional.data_loader,
                         generator=parts["generator"], discriminator=parts["discriminator"],
                         g_optimizer=parts["g_optimizer"], d_optimizer=parts["d_optimizer"],
-                        loss=AdversarialLoss("bce"), latent_dim=LATENT, class_loss_weight=1.0)
+                        objective=WholeSliceObjective(latent_dim=LATENT, class_loss_weight=1.0))
     plain, _ = _trainer(handlers=False)
-    plain.class_loss_weight = 1.0
+    plain.objective.class_loss_weight = 1.0
     with pytest.raises(ValueError, match="auxiliary classifier"):
         plain.run()
 
@@ -131,7 +126,7 @@ def test_auxiliary_class_losses(monkeypatch):
 def test_mode_seeking_term(monkeypatch):
     trainer, _ = _trainer(handlers=False, batch_size=5, mode_seeking_weight=0.25)
     seen = {}
-    real_generate, real_discriminate = trainer._generate, trainer._discriminate
+    real_generate, real_discriminate = trainer.generate, trainer.discriminate
 
     def generate(z, labels):
         out = real_generate(z, labels)
@@ -139,12 +134,12 @@ def test_mode_seeking_term(monkeypatch):
         return out
 
     def discriminate(images, labels):
-        logits, classes = real_discriminate(images, labels)
-        seen["logits"] = logits.detach()
-        return logits, classes
+        out = real_discriminate(images, labels)
+        seen["logits"] = out.reshape(-1).detach()
+        return out
 
-    monkeypatch.setattr(trainer, "_generate", generate)
-    monkeypatch.setattr(trainer, "_discriminate", discriminate)
+    monkeypatch.setattr(trainer, "generate", generate)
+    monkeypatch.setattr(trainer, "discriminate", discriminate)
     trainer.run()
     losses = from_engine(["loss"], first=True)(trainer.state.output)
     z, labels, fakes = seen["generate"]  # the generator step's latents, classes and fakes

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +161,23 @@ class SliceCohort(torch.utils.data.Dataset):
         cache_dir: optional folder for the on-disk cache.
         num_workers: worker processes for the first (cold) pass.
         on_error: "raise" stops at the first bad volume; "skip" logs it, leaves it out and summarises at the end.
-        slice_kwargs: arguments of :func:`slice_transforms` (``image_size``, ``axis``, ``spacing``, ...).
+        slicing: the slicing settings, one mapping of :func:`slice_transforms` arguments (a bundle's ``slicing``
+            entry, or a run record's), so training, evaluation and synthesis cut slices from one source.
+        slice_kwargs: further :func:`slice_transforms` arguments (``image_size``, ...), which override ``slicing``.
 
     Raises:
         DataError: on a bad volume with ``on_error="raise"``, or when no slice is left.
+        ValueError: when a slicing setting is not a :func:`slice_transforms` argument.
     """
 
     def __init__(self, datalist: Sequence[dict], cache_dir: str | os.PathLike | None = None, num_workers: int = 0,
-                 on_error: str = "raise", **slice_kwargs: Any) -> None:
+                 on_error: str = "raise", slicing: Mapping[str, Any] | None = None, **slice_kwargs: Any) -> None:
         self.policy = ErrorPolicy(on_error)
+        slice_kwargs = {**dict(slicing or {}), **slice_kwargs}
+        unknown = sorted(set(slice_kwargs) - set(inspect.signature(slice_transforms).parameters))
+        if unknown:
+            raise ValueError(f"unknown slicing setting(s) {unknown}; known: "
+                             f"{sorted(inspect.signature(slice_transforms).parameters)}.")
         self.slice_kwargs = slice_kwargs
         transform = Compose(slice_transforms(**slice_kwargs))
         datalist = [dict(item) for item in datalist]

@@ -1,14 +1,14 @@
 """Ignite engines for GAN training and evaluation (built on ``monai.engines``)."""
 
-from .evaluator import FEATURE_SPACES, GanEvaluator, class_allocation, disjoint_halves
-from .trainer import GanOutput, SliceGanTrainer, prepare_slice_batch
+from .evaluator import FEATURE_SPACES, GanEvaluator, class_allocation
+from .trainer import GanOutput, SliceGanTrainer, StepLosses, prepare_slice_batch
 
 __all__ = [
     "FEATURE_SPACES",
     "GanEvaluator",
     "GanOutput",
     "SliceGanTrainer",
+    "StepLosses",
     "class_allocation",
-    "disjoint_halves",
     "prepare_slice_batch",
 ]

@@ -199,13 +199,14 @@ class DistributedSliceGanTrainer(SliceGanTrainer):
             for buffer in unwrap(network).buffers():
                 dist.broadcast(buffer, src=0)
 
-    def _average_losses(self, losses: dict[str, float]) -> dict[str, float]:
+    def _average_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # one collective on the device, no host synchronisation: the scalars are read only when a handler logs
         keys = sorted(losses)
-        values = torch.tensor([float(losses[k]) for k in keys], dtype=torch.float64)
+        values = torch.stack([losses[k].detach().to(torch.float64) for k in keys])
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return {key: value / self.world_size for key, value in zip(keys, values.tolist(), strict=True)}
+        return dict(zip(keys, values / self.world_size, strict=True))
 
-    def _train_step(self, reals: torch.Tensor, labels: torch.Tensor | None) -> tuple[dict[str, float], torch.Tensor]:
-        losses, fakes = super()._train_step(reals, labels)
+    def _train_step(self, reals: torch.Tensor, condition: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        losses, fakes = super()._train_step(reals, condition)
         self._broadcast_buffers()
         return self._average_losses(losses), fakes

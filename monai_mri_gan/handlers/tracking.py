@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from monai.handlers import MLFlowHandler
 
-__all__ = ["describe_tracked_run"]
+from ..runs import RunRecord
+
+__all__ = ["describe_tracked_run", "every_n"]
 
 # MONAI (1.6) names the executed config it saves for the tracker by appending the text `` + '/config_<time>.json'``
 # to the raw ``output_dir`` entry; when ``output_dir`` is a plain path (as any ``--output_dir`` override makes it)
@@ -22,27 +24,46 @@ def _repaired(path: Any) -> Any:
     return match["head"] + match["tail"] if match else path
 
 
-def describe_tracked_run(handlers: Sequence, params: Mapping[str, Any],
-                         artifacts: Sequence[str | os.PathLike]) -> list:
-    """Give every ``MLFlowHandler`` among ``handlers`` the run's parameters and artifact folders.
+def every_n(n: int) -> Callable[[Any, int], bool]:
+    """An Ignite event filter ``(engine, event) -> bool`` that passes every ``n``-th event (e.g. for logging).
+
+    Args:
+        n: interval (>= 1).
+
+    Raises:
+        ValueError: when ``n < 1``.
+    """
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}.")
+    return lambda engine, event: event % int(n) == 0
+
+
+def describe_tracked_run(handlers: Sequence, record: RunRecord | Mapping[str, Any],
+                         artifacts: Sequence[str | os.PathLike], log_every: int = 1) -> list:
+    """Give every ``MLFlowHandler`` among ``handlers`` the run's parameters, artifact folders and logging interval.
 
     ``--tracking mlflow`` appends MONAI's default ``MLFlowHandler`` to the trainer's handlers; that handler records
     losses and metrics but, as a generic default, knows nothing of the bundle's parameters or of the pictures it
-    writes. A handler that already has parameters (a user's own settings file) keeps them.
+    writes, and reads the losses at every iteration (a host synchronisation per step on a GPU). A handler that
+    already has parameters or an iteration filter (a user's own settings file) keeps them.
 
     Args:
         handlers: the trainer's handlers, before they are attached.
-        params: parameters to record once per run (e.g. the bundle's ``run_config``).
+        record: the run record (its :meth:`~monai_mri_gan.runs.RunRecord.params`), or plain parameters.
         artifacts: files or folders to record when the run completes (e.g. the sample grids and evaluation report),
             in addition to the handler's own (the executed config).
+        log_every: iterations between logged losses, as for the other loggers.
 
     Returns:
         ``handlers``, as a list.
     """
+    params = record.params() if isinstance(record, RunRecord) else dict(record)
     for handler in handlers:
         if isinstance(handler, MLFlowHandler):
+            if handler.iteration_log is True:
+                handler.iteration_log = every_n(log_every)
             if not handler.experiment_param:
-                handler.experiment_param = dict(params)
+                handler.experiment_param = params
             known = [_repaired(a) for a in handler.artifacts if a]
             handler.artifacts = tuple(known + [os.fspath(a) for a in artifacts if os.fspath(a) not in known])
     return list(handlers)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from .discriminator import SliceDiscriminator, minibatch_stddev
-from .generator import ConditionalBatchNorm2d, SliceGenerator, feature_channels, init_dcgan_weights
+from .generator import ConditionalBatchNorm2d, SliceGenerator, feature_channels, init_dcgan_weights, seeded_latents
+from .recorded import RecordsArguments
 
 __all__ = [
     "ConditionalBatchNorm2d",
+    "RecordsArguments",
     "SliceDiscriminator",
     "SliceGenerator",
     "build_networks",
     "feature_channels",
     "init_dcgan_weights",
     "minibatch_stddev",
+    "seeded_latents",
 ]
 
 

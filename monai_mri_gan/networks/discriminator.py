@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
 from .generator import check_image_size, feature_channels, init_dcgan_weights
+from .recorded import RecordsArguments
 
 __all__ = ["SliceDiscriminator", "minibatch_stddev"]
 
@@ -29,7 +30,7 @@ def minibatch_stddev(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return std.to(h.dtype).expand(h.shape[0], 1, h.shape[2], h.shape[3])
 
 
-class SliceDiscriminator(nn.Module):
+class SliceDiscriminator(RecordsArguments, nn.Module):
     """Strided-convolution discriminator: a (B, ``channels``, S, S) slice to one real/fake logit per sample.
 
     Each block is a 4x4 stride-2 convolution followed by LeakyReLU(0.2), halving the size down to 4x4.
@@ -74,6 +75,7 @@ class SliceDiscriminator(nn.Module):
         num_blocks = check_image_size(image_size)
         if base_channels is None:
             base_channels = max(2048 // image_size, 8)
+        self.init_args["base_channels"] = base_channels
         for name, value in (("channels", channels), ("base_channels", base_channels), ("max_channels", max_channels)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}.")

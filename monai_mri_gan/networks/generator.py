@@ -9,7 +9,9 @@ from monai.networks.blocks import Convolution
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
-__all__ = ["ConditionalBatchNorm2d", "SliceGenerator", "feature_channels", "init_dcgan_weights"]
+from .recorded import RecordsArguments
+
+__all__ = ["ConditionalBatchNorm2d", "SliceGenerator", "feature_channels", "init_dcgan_weights", "seeded_latents"]
 
 SUPPORTED_SIZES = (32, 64, 128, 256, 512)
 
@@ -62,6 +64,21 @@ def init_dcgan_weights(module: nn.Module) -> None:
         # ``apply`` visits children first: the class scales were just drawn as embeddings, N(0, 0.02), which would
         # scale every normalised feature to about zero and leave the generator nothing but class constants
         module.reset_parameters()
+
+
+def seeded_latents(count: int, latent_dim: int, seed: int | torch.Generator) -> torch.Tensor:
+    """Latent vectors of a generator, drawn reproducibly: ``(count, latent_dim)`` standard normal values on the CPU.
+
+    The draw is ``torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))``, so the global
+    random state is never consumed, and equal arguments always give equal vectors.
+
+    Args:
+        count: number of vectors.
+        latent_dim: length of each vector (the generator's ``latent_dim``).
+        seed: seed of a fresh CPU generator, or a ``torch.Generator`` to continue drawing from.
+    """
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
+    return torch.randn(int(count), int(latent_dim), generator=generator)
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -120,7 +137,7 @@ class GeneratorBlock(nn.Module):
         return self.act(self.norm(self.conv(self.upsample(x)), labels))
 
 
-class SliceGenerator(nn.Module):
+class SliceGenerator(RecordsArguments, nn.Module):
     """DCGAN-style generator: a latent vector to a (B, ``channels``, S, S) slice in [-1, 1].
 
     ``z`` is projected to a 4x4 feature map, then doubled in size by upsample + 3x3 conv + batch norm + ReLU
@@ -165,6 +182,7 @@ class SliceGenerator(nn.Module):
         num_blocks = check_image_size(image_size)
         if base_channels is None:
             base_channels = max(1024 // image_size, 8)
+        self.init_args["base_channels"] = base_channels
         for name, value in (("latent_dim", latent_dim), ("channels", channels), ("base_channels", base_channels),
                             ("max_channels", max_channels), ("embedding_dim", embedding_dim)):
             if value <= 0:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from monai_mri_gan.augment import DiffAugment
+from monai_mri_gan.diffaugment import DiffAugment
 
 
 def shifted(x: torch.Tensor, dy: int, dx: int, background: float) -> torch.Tensor:

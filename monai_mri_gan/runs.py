@@ -1,0 +1,313 @@
+"""The run record and its checkpoints: what a training run is, written into every checkpoint, and rebuilt from it.
+
+This module is the one owner of the checkpoint contract (GUIDE.md, "Checkpoints and the run record"). Training writes
+checkpoints through :func:`save_checkpoint` with a :class:`RunRecord` under ``"config"``; evaluation, synthesis,
+export and the study find them with :func:`resolve_checkpoint`, load them with :func:`load_checkpoint`
+(``weights_only=True``) and rebuild networks and slicing with :func:`build_network`,
+:func:`generator_from_checkpoint` and :func:`cohort_from_record`. Nothing else reads a checkpoint's layout.
+
+A record holds the GAN family, every network's class and full constructor arguments (taken from the objects, see
+:class:`~monai_mri_gan.networks.RecordsArguments`), the slicing settings, the class names, the run's settings and
+the versions of the software that wrote it. Its state is plain JSON-like values, so ``weights_only`` loading reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import monai
+import torch
+
+from .data import SliceCohort
+from .networks import SliceDiscriminator, SliceGenerator
+from .utils import replace_atomically
+from .version import __version__
+
+__all__ = [
+    "CHECKPOINT_PATTERN",
+    "FAMILIES",
+    "NETWORKS",
+    "RandomState",
+    "RunRecord",
+    "build_network",
+    "cohort_from_record",
+    "generator_from_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "run_record",
+    "save_checkpoint",
+]
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
+
+FAMILIES = ("whole_slice",)
+"""The GAN families a run record may name."""
+
+NETWORKS: dict[str, type[torch.nn.Module]] = {
+    "monai_mri_gan.networks.SliceGenerator": SliceGenerator,
+    "monai_mri_gan.networks.SliceDiscriminator": SliceDiscriminator,
+}
+"""Network classes a record may name; anything else is refused, never imported by name from a checkpoint."""
+
+
+def _class_name(network: torch.nn.Module) -> str:
+    for name, cls in NETWORKS.items():
+        if type(network) is cls:
+            return name
+    raise ValueError(f"{type(network).__qualname__} is not a network a run record can rebuild; "
+                     f"known: {sorted(NETWORKS)}.")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like copy of ``value`` (tuples become lists), so ``weights_only`` loading and trackers read it."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)  # a subclass such as torch's TorchVersion is refused by weights_only loading
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    raise TypeError(f"a run record holds plain values only; got {type(value).__name__} ({value!r}).")
+
+
+class RunRecord:
+    """What a training run is, as a checkpoint entry (``state_dict``/``load_state_dict``).
+
+    Args:
+        family: the GAN family, one of :data:`FAMILIES`.
+        networks: the run's networks by role (``"generator"``, ``"discriminator"``); each must record its
+            constructor arguments (:class:`~monai_mri_gan.networks.RecordsArguments`) and be one of :data:`NETWORKS`.
+        slicing: the slicing settings (:func:`~monai_mri_gan.data.slice_transforms` arguments but ``image_size``).
+        class_names: names of the classes, in label order.
+        settings: further plain settings worth keeping with the weights (seed, epochs, loss, learning rate...).
+
+    Raises:
+        ValueError: on an unknown family, a network without recorded arguments or not in :data:`NETWORKS`.
+    """
+
+    def __init__(self, family: str = "whole_slice", networks: Mapping[str, torch.nn.Module] | None = None,
+                 slicing: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
+                 settings: Mapping[str, Any] | None = None) -> None:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown GAN family {family!r}; known: {FAMILIES}.")
+        specs = {}
+        for role, network in (networks or {}).items():
+            if not hasattr(network, "init_args"):
+                raise ValueError(f"the {role} ({type(network).__qualname__}) does not record its arguments.")
+            specs[role] = {"_target_": _class_name(network), "args": _plain(network.init_args)}
+        generator = specs.get("generator", {}).get("args", {})
+        self.state = {
+            "family": family,
+            "networks": specs,
+            # what evaluation and synthesis ask most often, read off the generator's own arguments
+            "image_size": generator.get("image_size"),
+            "latent_dim": generator.get("latent_dim"),
+            "num_classes": generator.get("num_classes", 0),
+            "class_names": _plain(list(class_names or [])),
+            "slicing": _plain(dict(slicing or {})),
+            "settings": _plain(dict(settings or {})),
+            "versions": _plain({"monai_mri_gan": __version__, "monai": monai.__version__, "torch": torch.__version__}),
+        }
+
+    @classmethod
+    def from_state(cls, state: RunRecord | Mapping[str, Any]) -> RunRecord:
+        """A record holding ``state`` as it is (a saved record, or any plain mapping a caller wants kept)."""
+        if isinstance(state, RunRecord):
+            return state
+        record = cls.__new__(cls)
+        record.load_state_dict(state)
+        return record
+
+    def state_dict(self) -> dict:
+        """The record, as plain values."""
+        return dict(self.state)
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Replace the record with a saved one (a resumed run keeps the record it was started with)."""
+        self.state = dict(state)
+
+    def params(self) -> dict[str, Any]:
+        """The record as flat parameters for experiment trackers (settings first, then the record's facts)."""
+        facts = {k: self.state[k] for k in ("family", "image_size", "latent_dim", "num_classes", "class_names",
+                                            "slicing")}
+        networks = {f"{role}_args": spec["args"] for role, spec in self.state["networks"].items()}
+        return {**self.state["settings"], **facts, **networks, "version": self.state["versions"]["monai_mri_gan"]}
+
+
+def run_record(checkpoint: Mapping[str, Any]) -> dict:
+    """The run record of a loaded checkpoint, as a plain mapping.
+
+    Checkpoints written before the record existed (a flat ``config`` naming ``g_channels``, ``d_channels`` and
+    friends) are read into the same form, so their generators rebuild with the widths they were trained with.
+
+    Args:
+        checkpoint: a loaded checkpoint (see :func:`load_checkpoint`).
+
+    Raises:
+        KeyError: when the checkpoint has no ``config`` entry (it was not written by a training bundle).
+    """
+    if "config" not in checkpoint:
+        raise KeyError("the checkpoint has no 'config' entry (run record): it was not written by a training bundle.")
+    config = dict(checkpoint["config"])
+    if "networks" in config:
+        return config
+    # a checkpoint of version 0.1: the generator's arguments were partly implied by the class defaults
+    generator = {"latent_dim": int(config["latent_dim"]), "image_size": int(config["image_size"]),
+                 "channels": int(config.get("channels", 1)), "base_channels": config.get("g_channels"),
+                 "max_channels": int(config.get("max_channels", 256)),
+                 "num_classes": int(config.get("num_classes") or 0),
+                 "embedding_dim": int(config.get("embedding_dim", 32))}
+    return {**config, "family": "whole_slice", "num_classes": generator["num_classes"],
+            "networks": {"generator": {"_target_": "monai_mri_gan.networks.SliceGenerator", "args": generator}}}
+
+
+def build_network(record: Mapping[str, Any], role: str = "generator", seed: int | None = None) -> torch.nn.Module:
+    """A freshly initialised network of a run record (class and constructor arguments as recorded).
+
+    Args:
+        record: a run record (:func:`run_record`).
+        role: which network, e.g. ``"generator"`` or ``"discriminator"``.
+        seed: seed of the initialisation, drawn from a private random state (the global one is untouched);
+            None draws from the global random state.
+
+    Raises:
+        KeyError: when the record has no network of that role.
+        ValueError: when the recorded class is not one of :data:`NETWORKS`.
+    """
+    networks = record["networks"]
+    if role not in networks:
+        raise KeyError(f"the run record has no {role!r}; it has {sorted(networks)}.")
+    name = networks[role]["_target_"]
+    if name not in NETWORKS:
+        raise ValueError(f"the run record's {role} {name!r} is not one of {sorted(NETWORKS)}.")
+    cls, kwargs = NETWORKS[name], dict(networks[role]["args"])
+    if seed is None:
+        return cls(**kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return cls(**kwargs)
+
+
+def generator_from_checkpoint(ckpt_path: str | os.PathLike | Mapping[str, Any],
+                              weights_key: str | None = "ema_generator", seed: int = 0,
+                              device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The generator of a checkpoint, built from the checkpoint's own run record, in eval mode.
+
+    Args:
+        ckpt_path: a checkpoint file, a training output folder (its latest checkpoint), or a loaded checkpoint.
+        weights_key: the weights to load: ``"ema_generator"`` (the moving average, usually better) or
+            ``"generator"``; None keeps the fresh initialisation (seeded with ``seed``), e.g. an untrained baseline,
+            or the architecture alone for ``python -m monai.bundle ckpt_export``, which loads weights itself.
+        seed: seed of the fresh initialisation.
+        device: device to put the generator on.
+
+    Raises:
+        FileNotFoundError: when there is no checkpoint at the given path.
+        KeyError: when the checkpoint has no run record or no ``weights_key`` entry.
+    """
+    checkpoint = ckpt_path if isinstance(ckpt_path, Mapping) else load_checkpoint(ckpt_path)
+    generator = build_network(run_record(checkpoint), "generator", seed=seed)
+    if weights_key is not None:
+        if weights_key not in checkpoint:
+            raise KeyError(f"the checkpoint has no {weights_key!r} entry; entries are {sorted(checkpoint)}.")
+        generator.load_state_dict(checkpoint[weights_key])
+    return generator.to(device).eval()
+
+
+def cohort_from_record(record: Mapping[str, Any], datalist: Sequence[dict], cache_dir: str | os.PathLike | None = None,
+                       on_error: str = "raise", **overrides: Any) -> SliceCohort:
+    """A slice cohort cut exactly as the run's training data was (its slicing settings and image size).
+
+    Args:
+        record: a run record (:func:`run_record`).
+        datalist: datalist items (``image``, optional ``label``, ``class``, ``subject``).
+        cache_dir: optional on-disk cache of the cohort.
+        on_error: "raise" or "skip" bad volumes.
+        overrides: slicing arguments to change (e.g. ``min_foreground=0.0`` to keep every slice).
+    """
+    return SliceCohort(datalist, image_size=int(record["image_size"]), slicing=record.get("slicing"),
+                       cache_dir=cache_dir, on_error=on_error, **overrides)
+
+
+class RandomState:
+    """The global random number generators' state, as a checkpoint entry, so resumed runs draw the same numbers."""
+
+    def state_dict(self) -> dict:
+        """Torch (CPU and CUDA) and Python RNG states."""
+        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore the states saved by :meth:`state_dict`."""
+        torch.set_rng_state(state["torch"])
+        version, internal, gauss = state["python"]
+        random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` a checkpoint atomically: an interruption leaves the previous file and no partial one.
+
+    Args:
+        state: the checkpoint, ``{name: state_dict}``.
+        path: destination.
+
+    Returns:
+        the destination path.
+    """
+    return replace_atomically(path, lambda handle: torch.save(dict(state), handle))
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike | None) -> Path | None:
+    """The checkpoint with the highest epoch in ``ckpt_dir``, or None when there is none.
+
+    Args:
+        ckpt_dir: folder holding ``checkpoint_epochNNNN.pt`` files; a missing folder has none.
+    """
+    if ckpt_dir is None or not Path(ckpt_dir).is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def resolve_checkpoint(ckpt_path: str | os.PathLike) -> Path:
+    """The checkpoint file ``ckpt_path`` names: the file itself, or a training output folder's latest checkpoint.
+
+    Args:
+        ckpt_path: a checkpoint file or a folder of ``checkpoint_epochNNNN.pt`` files.
+
+    Raises:
+        FileNotFoundError: when there is no checkpoint there.
+    """
+    path = Path(ckpt_path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint_epochNNNN.pt in this folder.")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found.")
+    return path
+
+
+def load_checkpoint(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``); a folder means its latest checkpoint.
+
+    Args:
+        ckpt_path: a checkpoint file, or a folder of them.
+        map_location: device to map tensors to.
+
+    Raises:
+        FileNotFoundError: when there is no checkpoint there.
+    """
+    return torch.load(resolve_checkpoint(ckpt_path), map_location=map_location, weights_only=True)

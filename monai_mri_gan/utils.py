@@ -1,0 +1,140 @@
+"""Small helpers shared by every layer: atomic file writing (outputs appear whole or not at all) and rotations.
+
+Every file the package writes goes through :func:`replace_atomically`, or, for files that must appear together
+(a synthetic NIfTI and its sidecar), through :func:`stage_file` and :func:`commit_file`: the content is written
+completely to a hidden temporary file beside the destination, ``.<name>.<12 hex digits>.tmp``, and then moved into
+place in one step. :func:`remove_staged` removes what an interrupted process left under that name.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["commit_file", "remove_staged", "replace_atomically", "rotation_matrix", "stage_file"]
+
+_TOKEN_BYTES = 6
+
+
+def _exists_error(path: Path) -> FileExistsError:
+    return FileExistsError(f"{path}: exists; pass overwrite=True to replace it.")
+
+
+def stage_file(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], fsync: bool = True) -> Path:
+    """Write a file's complete content to a new hidden temporary file beside ``path``: ``.<name>.<random>.tmp``.
+
+    The temporary file is created exclusively (never an existing file) with the usual permissions (the umask's),
+    so the destination gets the same permissions as a file written directly.
+
+    Args:
+        path: the final destination; its folder is created if needed.
+        write: writes the content to a binary file handle.
+        fsync: flush the file to disk (survives power loss; slower for many small files).
+
+    Returns:
+        the temporary file, to be moved into place by :func:`commit_file`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
+    try:
+        with open(staged, "xb") as handle:
+            write(handle)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def commit_file(staged: Path, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Move a staged temporary file into place in one step; the temporary file is gone afterwards, whatever happens.
+
+    Without ``overwrite`` the move is a hard link that fails if the destination exists, so two writers racing for
+    one name cannot clobber each other (a plain existence check is used where the file system has no hard links).
+
+    Args:
+        staged: a file from :func:`stage_file`.
+        path: destination.
+        overwrite: replace an existing file.
+
+    Returns:
+        the destination path.
+
+    Raises:
+        FileExistsError: when ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    try:
+        if overwrite:
+            os.replace(staged, path)
+            return path
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            raise _exists_error(path) from None
+        except OSError:
+            if path.exists():
+                raise _exists_error(path) from None
+            os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return path
+
+
+def replace_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], overwrite: bool = True,
+                       fsync: bool = True) -> Path:
+    """Call ``write(handle)`` on a temporary file in ``path``'s folder, then move it to ``path`` in one step.
+
+    An exception (or an interruption) leaves any previous ``path`` untouched and no temporary file behind.
+
+    Args:
+        path: the destination; its folder is created.
+        write: writes the content to a binary file handle.
+        overwrite: replace an existing file; when False an existing ``path`` is refused, before anything is
+            written and again, race-free, when the file is moved into place (see :func:`commit_file`).
+        fsync: flush the file to disk before the move.
+
+    Returns:
+        the destination path.
+
+    Raises:
+        FileExistsError: when ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise _exists_error(path)
+    return commit_file(stage_file(path, write, fsync=fsync), path, overwrite=overwrite)
+
+
+def remove_staged(path: str | os.PathLike) -> None:
+    """Remove the temporary files that writes to ``path`` left behind (an interrupted :func:`stage_file`).
+
+    Args:
+        path: the destination whose staged files to remove.
+    """
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * (2 * _TOKEN_BYTES)}.tmp"
+    for staged in path.parent.glob(pattern):
+        staged.unlink(missing_ok=True)
+
+
+def rotation_matrix(angles: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The 3x3 rotation ``Rz @ Ry @ Rx`` for angles (radians) about the x, y and z axes.
+
+    Args:
+        angles: the three angles, in radians.
+    """
+    ax, ay, az = (float(a) for a in angles)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
