@@ -26,6 +26,7 @@ import torch
 from monai_mri_gan.study import STUDY_REGIMES, run_study, study_datalist, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAIN_CONFIG = ROOT / "bundles" / "brain_mri_gan" / "configs" / "train.json"
 RESULTS = ROOT / "benchmarks" / "results" / "augmentation_study.json"
 FIGURE = ROOT / "docs" / "images" / "study_results.png"
 SAMPLES = ROOT / "docs" / "images" / "study_gan_samples.png"
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--figure", default=str(FIGURE), help="the PNG figure of the metrics")
     parser.add_argument("--samples_figure", default=str(SAMPLES), help="the PNG of every GAN's final samples")
     parser.add_argument("--work_dir", help="GAN runs (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--train_config", default=str(TRAIN_CONFIG),
+                        help="the training bundle's configs/train.json, which trains each condition's GAN")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--subject_fractions", type=float, nargs="+", default=[1.0, 0.5])
     parser.add_argument("--tumour_shares", type=float, nargs="+", default=[0.1, 0.05, 0.02])
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="augmentation-study-") as tmp:
         work_dir = Path(args.work_dir or tmp)
         record = run_study(
-            datalist, work_dir, seeds=args.seeds, subject_fractions=args.subject_fractions,
+            datalist, work_dir, args.train_config, seeds=args.seeds, subject_fractions=args.subject_fractions,
             tumour_shares=args.tumour_shares, regimes=regimes, split_seed=args.split_seed,
             image_size=args.image_size, classifier_steps=args.classifier_steps, gan_iterations=args.gan_iterations,
             gan_channels=args.gan_channels,

@@ -23,21 +23,13 @@ from pathlib import Path
 import torch
 
 from monai_mri_gan.data import load_datalist, make_demo_cohort
-from monai_mri_gan.restore import build_generator, cohort_from_config
+from monai_mri_gan.networks import SliceGenerator
+from monai_mri_gan.runs import RunRecord, cohort_from_record, save_checkpoint
 from monai_mri_gan.synthesis import SliceSynthesiser
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synthesis.json"
-CONFIG = {
-    "image_size": 128,
-    "latent_dim": 128,
-    "num_classes": 2,
-    "class_names": ["no_tumour", "tumour"],
-    "g_channels": None,
-    "slicing": {"axis": 2, "spacing": None, "norm_mode": "percentile", "min_foreground": 0.05,
-                "tumour_min_voxels": 20},
-    "generator": "monai_mri_gan.networks.SliceGenerator",
-    "version": "benchmark",
-}
+SLICING = {"axis": 2, "spacing": None, "norm_mode": "percentile", "min_foreground": 0.05, "tumour_min_voxels": 20}
+CLASS_NAMES = ["no_tumour", "tumour"]
 
 
 def _locations() -> list[tuple[str, Path]]:
@@ -55,13 +47,13 @@ def main(samples: int = 512, repeats: int = 2) -> dict:
     work = Path(tempfile.mkdtemp(prefix="synthesis-bench-"))
     try:
         torch.manual_seed(0)
-        generator = build_generator(CONFIG)
+        generator = SliceGenerator(latent_dim=128, image_size=128, num_classes=2)
+        record = RunRecord(networks={"generator": generator}, slicing=SLICING, class_names=CLASS_NAMES).state_dict()
         ckpt = work / "run" / "checkpoint_epoch0001.pt"
-        ckpt.parent.mkdir(parents=True)
         state = generator.state_dict()
-        torch.save({"config": CONFIG, "generator": state, "ema_generator": state}, ckpt)
+        save_checkpoint({"config": record, "generator": state, "ema_generator": state}, ckpt)
         datalist = make_demo_cohort(work / "cohort", seed=3, num_subjects=4, shape=(144, 160, 16))
-        cohort = cohort_from_config(CONFIG, load_datalist(datalist))
+        cohort = cohort_from_record(record, load_datalist(datalist))
         rows = []
         for place, root in _locations():
             for compress in (False, True):
@@ -69,7 +61,7 @@ def main(samples: int = 512, repeats: int = 2) -> dict:
                 for repeat in range(repeats):
                     out = Path(tempfile.mkdtemp(prefix="synthesis-bench-out-", dir=root))
                     try:
-                        synth = SliceSynthesiser(ckpt, out, num_samples={"tumour": samples}, seed=repeat,
+                        synth = SliceSynthesiser(ckpt, out, samples_per_class={"tumour": samples}, seed=repeat,
                                                  cohort=cohort, compress=compress, batch_size=128)
                         synth.run()
                         size = sum(p.stat().st_size for p in out.iterdir()) / samples

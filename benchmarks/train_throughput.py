@@ -10,9 +10,15 @@ Scaling efficiency compares two processes with one thread each against twice one
 ideal of data parallelism) and against one process using both cores, which is what a user of a small machine
 would run instead.
 
-The comparison with ``monai.engines.GanTrainer`` trains identical unconditional networks with the same BCE losses,
-batch and size (128x128, no R1, no DiffAugment) in one run: ``GanTrainer`` as it comes (fp32, contiguous; its AMP
-is CUDA-only) against ``SliceGanTrainer`` with the bundle's settings (bf16 autocast, channels-last). Each row also
+The comparison trains identical unconditional networks with the same BCE losses, batch and size (128x128, no R1, no
+DiffAugment) in one run: ``monai.engines.GanTrainer`` as it comes (fp32, contiguous; its AMP is CUDA-only),
+``SliceGanTrainer`` with the bundle's settings (bf16 autocast, channels-last), and a minimal hand-written PyTorch loop
+with the same networks, losses, precision and memory format (the framework's overhead is the gap between the last
+two). A last, untimed run of ``SliceGanTrainer`` with the bundle's per-iteration handlers (EMA, divergence guard,
+stats every ``--log_every`` iterations) counts the host synchronisations the step makes: calls of ``.item()``,
+``float()``, ``int()``, ``bool()``, ``.tolist()``, ``.numpy()`` and ``.cpu()`` on tensors from outside torch's
+own code (Adam reads its CPU step counter that way, which is no device synchronisation), per logging and per
+non-logging iteration. Each row also
 gives the process's peak resident memory and the share of the machine's matmul FLOP/s (a 2048x2048 ``torch.mm`` in
 the same precision and threads) that training reaches, from the FLOPs of one iteration counted by
 ``torch.utils.flop_counter.FlopCounterMode``.
@@ -37,15 +43,18 @@ from pathlib import Path
 import torch
 from ignite.engine import Events
 from monai.engines import GanTrainer
+from monai.handlers import StatsHandler, from_engine
 from torch.nn.functional import binary_cross_entropy_with_logits as bce
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_mri_gan.augment import DiffAugment
 from monai_mri_gan.data.datasets import SliceTensorDataset
+from monai_mri_gan.diffaugment import DiffAugment
 from monai_mri_gan.engines import SliceGanTrainer, prepare_slice_batch
+from monai_mri_gan.handlers import DivergenceGuard, GeneratorEMA, ema_copy, every_n
 from monai_mri_gan.losses import AdversarialLoss, R1Regulariser
 from monai_mri_gan.networks import build_networks
+from monai_mri_gan.objectives import WholeSliceObjective
 
 LATENT_DIM, NUM_CLASSES = 128, 2
 
@@ -74,8 +83,9 @@ def measure(image_size: int, channels_last: bool, amp: bool, batch_size: int, wa
         device="cpu", max_epochs=1, train_data_loader=loader, generator=generator, discriminator=discriminator,
         g_optimizer=torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
         d_optimizer=torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
-        loss=AdversarialLoss("bce"), latent_dim=LATENT_DIM, num_classes=NUM_CLASSES,
-        regulariser=R1Regulariser(gamma=0.1, every=16), augment=DiffAugment(("translation", "cutout")),
+        objective=WholeSliceObjective(
+            latent_dim=LATENT_DIM, num_classes=NUM_CLASSES, loss=AdversarialLoss("bce"),
+            regulariser=R1Regulariser(gamma=0.1, every=16), diffaugment=DiffAugment(("translation", "cutout"))),
         amp=amp, channels_last=channels_last,
     )
     stamps: list[float] = []
@@ -103,8 +113,93 @@ def matmul_flops_per_s(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
+def bare_loop(generator: torch.nn.Module, discriminator: torch.nn.Module, g_opt: torch.optim.Optimizer,
+              d_opt: torch.optim.Optimizer, loader: DataLoader) -> list[float]:
+    """The same training step written by hand (bf16 autocast, channels-last); returns a time stamp per iteration."""
+    loss, fmt = AdversarialLoss("bce"), torch.channels_last
+    generator.to(memory_format=fmt)
+    discriminator.to(memory_format=fmt)
+    generator.train()
+    discriminator.train()
+    stamps = []
+    for batch in loader:
+        reals = batch["image"][..., 0].float().contiguous(memory_format=fmt)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            fakes = generator(torch.randn(reals.shape[0], LATENT_DIM)).contiguous(memory_format=fmt)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            real_logits, fake_logits = discriminator(reals).float(), discriminator(fakes).float()
+        d_loss = loss.discriminator_loss(real_logits.reshape(-1), fake_logits.reshape(-1))
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        discriminator.requires_grad_(False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fakes = generator(torch.randn(reals.shape[0], LATENT_DIM)).contiguous(memory_format=fmt)
+            logits = discriminator(fakes).float()
+        g_loss = loss.generator_loss(logits.reshape(-1))
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+        discriminator.requires_grad_(True)
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+_SYNCING = ("item", "__float__", "__int__", "__bool__", "tolist", "numpy", "cpu")
+
+
+def count_host_syncs(image_size: int, batch_size: int, iterations: int, log_every: int) -> dict:
+    """Host synchronisations per logging and per non-logging iteration of ``SliceGanTrainer`` with its handlers."""
+    torch.manual_seed(0)
+    generator, discriminator = build_networks(image_size=image_size, latent_dim=LATENT_DIM, num_classes=NUM_CLASSES)
+    n = batch_size * iterations
+    images = torch.rand(n, 1, image_size, image_size, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loader = DataLoader(SliceTensorDataset(images, torch.arange(n) % NUM_CLASSES), batch_size=batch_size)
+    trainer = SliceGanTrainer(
+        device="cpu", max_epochs=1, train_data_loader=loader, generator=generator, discriminator=discriminator,
+        g_optimizer=torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        d_optimizer=torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        objective=WholeSliceObjective(
+            latent_dim=LATENT_DIM, num_classes=NUM_CLASSES, regulariser=R1Regulariser(gamma=0.1, every=16),
+            diffaugment=DiffAugment(("translation",)), mode_seeking_weight=0.3),
+        amp=True, channels_last=True)
+    count = [0]
+    per_iteration: list[tuple[int, int]] = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda engine: count.__setitem__(0, 0))
+    trainer.attach_handlers([
+        DivergenceGuard(check_every=log_every), GeneratorEMA(generator, ema_copy(generator)),
+        StatsHandler(iteration_log=every_n(log_every), output_transform=from_engine(["loss"], first=True)),
+    ])
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda engine: per_iteration.append((engine.state.iteration, count[0])))
+    originals = {name: getattr(torch.Tensor, name) for name in _SYNCING}
+
+    def counting(name: str):
+        original = originals[name]
+
+        def wrapper(self, *args, **kwargs):
+            if "/torch/" not in sys._getframe(1).f_code.co_filename:
+                count[0] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in _SYNCING:
+        setattr(torch.Tensor, name, counting(name))
+    try:
+        trainer.run()
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    logging = [c for i, c in per_iteration if i % log_every == 0]
+    quiet = [c for i, c in per_iteration if i % log_every != 0]
+    return {"iterations": iterations, "log_every": log_every,
+            "per_non_logging_iteration": sum(quiet) / max(len(quiet), 1),
+            "per_logging_iteration": sum(logging) / max(len(logging), 1)}
+
+
 def compare(engine_name: str, image_size: int, batch_size: int, warmup: int, iterations: int) -> dict:
-    """Train identical unconditional networks with ``monai.engines.GanTrainer`` or ours; time, memory, FLOP share."""
+    """Train identical unconditional networks with ``monai.engines.GanTrainer``, ours or a bare loop; time, memory."""
     torch.manual_seed(0)
     generator, discriminator = build_networks(image_size=image_size, latent_dim=LATENT_DIM, num_classes=0)
     n = batch_size * (warmup + iterations)
@@ -112,11 +207,17 @@ def compare(engine_name: str, image_size: int, batch_size: int, warmup: int, ite
     loader = DataLoader(SliceTensorDataset(images, torch.zeros(n, dtype=torch.long)), batch_size=batch_size)
     g_opt = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    ours = engine_name == "SliceGanTrainer"
+    ours = engine_name != "GanTrainer"
+    if engine_name == "bare loop":
+        stamps = bare_loop(generator, discriminator, g_opt, d_opt, loader)
+        seconds = (stamps[-1] - stamps[warmup - 1]) / iterations
+        return {"engine": engine_name, "precision": "bf16", "memory_format": "channels_last",
+                "s_per_iteration": seconds, "slices_per_s": batch_size / seconds,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if ours:
         trainer = SliceGanTrainer(
             device="cpu", max_epochs=1, train_data_loader=loader, generator=generator, discriminator=discriminator,
-            g_optimizer=g_opt, d_optimizer=d_opt, loss=AdversarialLoss("bce"), latent_dim=LATENT_DIM, amp=True,
+            g_optimizer=g_opt, d_optimizer=d_opt, objective=WholeSliceObjective(latent_dim=LATENT_DIM), amp=True,
             channels_last=True)
     else:
         # the losses MONAI's GAN tutorial writes for GanTrainer: D on detached fakes and on reals, G through D
@@ -188,10 +289,15 @@ def main() -> None:
     parser.add_argument("--engine", default="", help=argparse.SUPPRESS)
     parser.add_argument("--parts", nargs="+", choices=("grid", "comparison"), default=["grid", "comparison"])
     parser.add_argument("--comparison_size", type=int, default=128)
+    parser.add_argument("--comparison_iterations", type=int, default=30,
+                        help="timed iterations of each comparison row")
+    parser.add_argument("--log_every", type=int, default=20, help="logging interval of the host-sync count")
     args = parser.parse_args()
     if args.measure:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        if args.engine:
+        if args.engine == "host syncs":
+            result = count_host_syncs(args.image_size, args.batch_size, args.iterations, args.log_every)
+        elif args.engine:
             result = compare(args.engine, args.image_size, args.batch_size, args.warmup, args.iterations)
         else:
             result = measure(args.image_size, bool(args.channels_last), bool(args.amp), args.batch_size, args.warmup,
@@ -222,21 +328,30 @@ def main() -> None:
 
 
 def run_comparison(args, cores: int) -> dict:
-    """``monai.engines.GanTrainer`` against ours, one after the other in fresh processes using every core."""
-    rows = [run_case(args.comparison_size, False, False, 1, cores, args, engine=name)
-            for name in ("GanTrainer", "SliceGanTrainer")]
+    """``monai.engines.GanTrainer``, ours and a bare loop, one after the other in fresh processes using every core."""
+    timed = argparse.Namespace(**{**vars(args), "iterations": args.comparison_iterations})
+    rows = [run_case(args.comparison_size, False, False, 1, cores, timed, engine=name)
+            for name in ("GanTrainer", "SliceGanTrainer", "bare loop")]
     ratio = rows[1]["slices_per_s"] / rows[0]["slices_per_s"]
+    overhead = rows[1]["slices_per_s"] / rows[2]["slices_per_s"]
+    syncs = run_case(64, True, True, 1, cores, argparse.Namespace(**{**vars(args), "iterations": 4 * args.log_every}),
+                     engine="host syncs")
     print(f"\n{args.comparison_size}x{args.comparison_size}, batch {args.batch_size}, {cores} threads, identical "
           "unconditional networks and BCE losses")
     header = f"{'engine':<16} {'prec':<5} {'format':<14} {'slices/s':>9} {'peak MB':>8} {'GFLOP/s':>8} {'of matmul':>9}"
     print(header)
     print("-" * len(header))
     for r in rows:
+        flops = (f"{r['gflop_per_s']:>8.1f} {100 * r['share_of_matmul_flop_per_s']:>8.0f}%" if "gflop_per_s" in r
+                 else f"{'':>8} {'':>9}")
         print(f"{r['engine']:<16} {r['precision']:<5} {r['memory_format']:<14} {r['slices_per_s']:>9.1f} "
-              f"{r['peak_rss_mb']:>8.0f} {r['gflop_per_s']:>8.1f} {100 * r['share_of_matmul_flop_per_s']:>8.0f}%")
-    print(f"SliceGanTrainer / GanTrainer: {ratio:.2f}x\n")
-    return {"image_size": args.comparison_size, "batch_size": args.batch_size, "threads": cores, "rows": rows,
-            "speedup": ratio}
+              f"{r['peak_rss_mb']:>8.0f} {flops}")
+    print(f"SliceGanTrainer / GanTrainer: {ratio:.2f}x; SliceGanTrainer / bare loop: {overhead:.3f}")
+    print(f"host synchronisations per iteration (log every {args.log_every}): "
+          f"{syncs['per_non_logging_iteration']:g} when not logging, {syncs['per_logging_iteration']:g} when logging\n")
+    return {"image_size": args.comparison_size, "batch_size": args.batch_size, "threads": cores,
+            "iterations": args.comparison_iterations, "rows": rows, "speedup": ratio,
+            "share_of_bare_loop": overhead, "host_syncs": syncs}
 
 
 def run_grid(args, cores: int) -> list[dict]:

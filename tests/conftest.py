@@ -4,15 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from monai_mri_gan.utils import rotation_matrix
+
 
 def oblique_affine(spacing=(0.9, 1.1, 2.5), angles=(0.15, -0.1, 0.2), origin=(-60.5, 40.25, -33.0)) -> np.ndarray:
     """A RAS affine with rotation about all three axes, anisotropic spacing and an off-centre origin."""
-    ax, ay, az = angles
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     affine = np.eye(4)
-    affine[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
+    affine[:3, :3] = rotation_matrix(angles) @ np.diag(spacing)
     affine[:3, 3] = origin
     return affine
 

@@ -8,6 +8,7 @@ from monai_mri_gan.data import SliceCohort, load_datalist, make_demo_cohort
 from monai_mri_gan.metrics import (
     class_fidelity,
     classifier_feature_extractor,
+    classifier_logits,
     load_slice_classifier,
     predict_classes,
     save_slice_classifier,
@@ -47,6 +48,8 @@ def test_classifier_separates_demo_classes_reproducibly(slices, tmp_path):
     assert saved["config"] == {"num_classes": 2, "widths": [8, 16, 32, 64], "class_names": ["no_tumour", "tumour"]}
     reloaded = load_slice_classifier(path)
     assert torch.equal(predict_classes(reloaded, images), predict_classes(network, images))
+    logits = classifier_logits(network, images, batch_size=7)
+    assert logits.shape == (len(images), 2) and torch.equal(predict_classes(network, images), logits.argmax(1))
     with pytest.raises(FileNotFoundError):
         load_slice_classifier(tmp_path / "missing.pt")
 

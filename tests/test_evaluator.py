@@ -13,10 +13,17 @@ from PIL import Image
 from torch import nn
 
 from monai_mri_gan.data import SliceCohort, SliceTensorDataset, load_datalist, make_demo_cohort
-from monai_mri_gan.engines import GanEvaluator, class_allocation, disjoint_halves
-from monai_mri_gan.handlers import BestCheckpointSaver, EvaluationReportWriter, load_checkpoint
-from monai_mri_gan.metrics import frechet_distance, kernel_inception_distance, memorisation_report, precision_recall
+from monai_mri_gan.engines import GanEvaluator, class_allocation
+from monai_mri_gan.handlers import BestCheckpointSaver, EvaluationReportWriter
+from monai_mri_gan.metrics import (
+    disjoint_halves,
+    frechet_distance,
+    kernel_inception_distance,
+    memorisation_report,
+    precision_recall,
+)
 from monai_mri_gan.networks import SliceGenerator
+from monai_mri_gan.runs import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "brain_mri_gan" / "configs"

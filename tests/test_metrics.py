@@ -12,13 +12,16 @@ from monai_mri_gan.metrics import (
     RadiomicsFeatureExtractor,
     build_backbone,
     build_feature_extractor,
+    disjoint_halves,
     feature_extractor_names,
     frechet_distance,
     kernel_inception_distance,
+    metric_cmp_fn_for,
     ms_ssim_diversity,
     ms_ssim_settings,
     polynomial_mmd2_unbiased,
     precision_recall,
+    radiological_view,
     real_vs_real_baseline,
 )
 
@@ -312,6 +315,29 @@ def test_real_vs_real_baseline_splits_into_disjoint_halves():
     feats = torch.randn(1000, 4, generator=g, dtype=torch.float64)
     floor = real_vs_real_baseline(feats, frechet_distance)
     assert 0 <= floor < 0.1 < frechet_distance(feats[:500], feats[500:] + 0.5)
+
+
+def test_disjoint_halves_are_the_real_vs_real_split():
+    first, second = disjoint_halves(21, seed=3)
+    assert len(first) == len(second) == 10 and not set(first.tolist()) & set(second.tolist())
+    reals = torch.arange(21, dtype=torch.float64).view(-1, 1).repeat(1, 2)
+    a, b = real_vs_real_baseline(reals, lambda x, y: (x, y), seed=3)
+    assert torch.equal(a[:, 0].long(), first) and torch.equal(b[:, 0].long(), second)
+    with pytest.raises(ValueError, match="at least 4"):
+        disjoint_halves(3)
+
+
+def test_metric_cmp_fn_for_knows_which_way_is_better():
+    assert metric_cmp_fn_for("kid_mean")(0.1, 0.2) and not metric_cmp_fn_for("kid_mean")(0.3, 0.2)
+    assert metric_cmp_fn_for("precision")(0.9, 0.8) and not metric_cmp_fn_for("precision")(0.7, 0.8)
+
+
+def test_radiological_view():
+    # a 2 x 3 RAS slice: x (towards the patient's right) down the rows, y (towards anterior) along the columns
+    slice_ = torch.arange(6).view(2, 3).numpy()
+    # anterior (the last y) on the top row, the patient's right (the last x) in the viewer's left column
+    assert radiological_view(slice_).tolist() == [[5, 2], [4, 1], [3, 0]]
+    assert radiological_view(slice_[None].repeat(4, 0)).shape == (4, 3, 2)
 
 
 # --- MS-SSIM diversity ---

@@ -10,6 +10,7 @@ from monai_mri_gan.networks import (
     build_networks,
     feature_channels,
     minibatch_stddev,
+    seeded_latents,
 )
 
 
@@ -184,3 +185,17 @@ def test_conditional_batch_norm_starts_as_batch_norm():
         assert torch.count_nonzero(norm.shift.weight) == 0
     # the label embedding concatenated to z keeps the DCGAN initialisation
     assert g.label_embedding.weight.std().item() == pytest.approx(0.02, rel=0.3)
+
+
+def test_seeded_latents_are_the_documented_draw():
+    expected = torch.randn(6, 5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(seeded_latents(6, 5, 7), expected)
+    rng_before = torch.get_rng_state()
+    assert torch.equal(seeded_latents(6, 5, 7), expected)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global random state is not consumed
+    # a generator is drawn on from where it stands
+    generator = torch.Generator().manual_seed(7)
+    torch.randperm(10, generator=generator)
+    continued = torch.Generator().manual_seed(7)
+    torch.randperm(10, generator=continued)
+    assert torch.equal(seeded_latents(4, 3, generator), torch.randn(4, 3, generator=continued))

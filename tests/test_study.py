@@ -21,6 +21,7 @@ from monai_mri_gan.study import (
     SubjectSplit,
     binary_classification_metrics,
     check_no_leakage,
+    run_study,
     split_subjects,
     subject_classes,
     summarise_runs,
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "bundles" / "brain_mri_gan" / "configs" / "study.json"
+TRAIN_CONFIG = ROOT / "bundles" / "brain_mri_gan" / "configs" / "train.json"
 
 
 def _cohort_like(num_subjects=20, num_tumour=6, slices=10, tumour_slices=4):
@@ -79,8 +81,18 @@ def test_leakage_guard_raises_for_a_held_out_subject(tmp_path):
     # the GAN trainer checks before anything is trained or written
     images, classes = torch.zeros(4, 1, 32, 32), torch.tensor([0, 1, 0, 1])
     with pytest.raises(SubjectLeakageError, match=r"\['d'\]"):
-        train_gan(images, classes, ["a", "b", "a", "d"], split, tmp_path / "gan", iterations=1)
+        train_gan(images, classes, ["a", "b", "a", "d"], split, tmp_path / "gan", TRAIN_CONFIG, iterations=1)
     assert not (tmp_path / "gan").exists()
+
+
+def test_a_missing_training_config_is_a_clear_error(tmp_path):
+    split = SubjectSplit(train=("a",), validation=("c",), test=("d",))
+    missing = tmp_path / "bundle" / "configs" / "train.json"
+    with pytest.raises(FileNotFoundError, match="train.json"):
+        train_gan(torch.zeros(2, 1, 32, 32), torch.tensor([0, 1]), ["a", "a"], split, tmp_path / "gan", missing)
+    with pytest.raises(FileNotFoundError, match="train.json"):
+        run_study([{"image": "none.nii.gz", "subject": "a"}], tmp_path / "study", missing)
+    assert not (tmp_path / "gan").exists() and not (tmp_path / "study").exists()
 
 
 def test_training_subset_reaches_the_tumour_share_within_training_subjects():
@@ -231,7 +243,8 @@ def test_study_end_to_end_on_a_tiny_cohort(tmp_path, monkeypatch, tiny_datalist)
 
 def test_study_bundle_config_runs(tmp_path, tiny_datalist):
     out = tmp_path / "study"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(STUDY), "--datalist", str(tiny_datalist),
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(STUDY),
+           "--bundle_root", str(STUDY.parents[1]), "--datalist", str(tiny_datalist),
            "--output_dir", str(out), "--seeds", "[1]", "--subject_fractions", "[1.0]", "--tumour_shares", "[0.2]",
            "--classifier_steps", "3", "--gan_iterations", "1", "--image_size", "32"]
     result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"),

@@ -80,7 +80,7 @@ def lps_geometry(affine):
 
 def test_slices_geometry_dtype_and_values(tmp_path, gan, cohort):
     out = tmp_path / "out"
-    synth = SliceSynthesiser(gan["run"], out, num_samples=6, seed=11, cohort=cohort)
+    synth = SliceSynthesiser(gan["run"], out, samples_per_class=6, seed=11, cohort=cohort)
     written = synth.run()
     assert len(written) == 12 and synth.checkpoint_path == gan["checkpoint"]
     generator = generator_from_checkpoint(gan["checkpoint"])
@@ -129,7 +129,7 @@ def test_slices_geometry_dtype_and_values(tmp_path, gan, cohort):
 def test_same_seed_same_files(tmp_path, gan, cohort):
     runs, synths = [], []
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        synths.append(SliceSynthesiser(gan["checkpoint"], tmp_path / name, num_samples=3, classes=["tumour"],
+        synths.append(SliceSynthesiser(gan["checkpoint"], tmp_path / name, samples_per_class=3, classes=["tumour"],
                                        seed=seed, cohort=cohort, compress=False))
         synths[-1].run()
         runs.append(tmp_path / name)
@@ -148,14 +148,14 @@ def test_same_seed_same_files(tmp_path, gan, cohort):
 
 def test_no_overwrite_and_interrupted_run(tmp_path, gan, cohort, monkeypatch):
     out = tmp_path / "out"
-    SliceSynthesiser(gan["run"], out, num_samples=2, classes=[1], cohort=cohort).run()
+    SliceSynthesiser(gan["run"], out, samples_per_class=2, classes=[1], cohort=cohort).run()
     first = out / "synthetic_tumour_0_00000.nii.gz"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(FileExistsError, match="synthetic_tumour_0_00000"):
-        SliceSynthesiser(gan["run"], out, num_samples=2, classes=[1], cohort=cohort, seed=0).run()
+        SliceSynthesiser(gan["run"], out, samples_per_class=2, classes=[1], cohort=cohort, seed=0).run()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     first.write_bytes(b"stale")
-    SliceSynthesiser(gan["run"], out, num_samples=2, classes=[1], cohort=cohort, overwrite=True).run()
+    SliceSynthesiser(gan["run"], out, samples_per_class=2, classes=[1], cohort=cohort, overwrite=True).run()
     assert first.read_bytes() == before[first.name]
 
     # an exception while files are being committed (here after 7 commits: 3 pairs and a half) leaves whole pairs
@@ -170,7 +170,7 @@ def test_no_overwrite_and_interrupted_run(tmp_path, gan, cohort, monkeypatch):
     monkeypatch.setattr(writer_module, "commit_file", failing_commit)
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
-        SliceSynthesiser(gan["run"], broken, num_samples=6, classes=[0], cohort=cohort).run()
+        SliceSynthesiser(gan["run"], broken, samples_per_class=6, classes=[0], cohort=cohort).run()
     names = sorted(p.name for p in broken.iterdir())
     assert not [n for n in names if n.startswith(".")]  # no temporary files left
     assert names == sorted(f"synthetic_no_tumour_0_{i:05d}{s}" for i in range(3) for s in (".json", ".nii.gz"))
@@ -181,8 +181,8 @@ def test_no_overwrite_and_interrupted_run(tmp_path, gan, cohort, monkeypatch):
 
 def test_stacked_volumes(tmp_path, gan, cohort):
     out = tmp_path / "out"
-    synth = SliceSynthesiser(gan["run"], out, num_samples=5, classes=["no_tumour", "tumour"], seed=2, cohort=cohort,
-                             stack_volume=True)
+    synth = SliceSynthesiser(gan["run"], out, samples_per_class=5, classes=["no_tumour", "tumour"], seed=2,
+                             cohort=cohort, stack_volume=True)
     written = synth.run()
     volumes = [w for w in written if w["kind"] == "volume"]
     slices = {(w["class"], w["sample_index"]): w for w in written if w["kind"] == "slice"}
@@ -204,7 +204,7 @@ def test_named_reference_slice(tmp_path, gan, cohort):
     item = next(s for s in cohort if s["image"].meta["source_format"] == "nifti" and s["slice_index"] == 5)
     volume = item["image"].meta["filename_or_obj"]
     out = tmp_path / "out"
-    written = SliceSynthesiser(gan["run"], out, num_samples=2, seed=1, reference_image=volume,
+    written = SliceSynthesiser(gan["run"], out, samples_per_class=2, seed=1, reference_image=volume,
                                reference_slice=5).run()
     assert len(written) == 4
     for w in written:
@@ -256,7 +256,7 @@ def test_privacy_train_and_synthesise_from_dicom(tmp_path, gan):
 
     out = tmp_path / "synthetic"
     result = bundle("run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--ckpt_path",
-                    str(gan["run"]), "--datalist", str(datalist), "--output_dir", str(out), "--num_samples", "3",
+                    str(gan["run"]), "--datalist", str(datalist), "--output_dir", str(out), "--samples_per_class", "3",
                     "--stack_volume", "True", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = tmp_path / "inference.log"

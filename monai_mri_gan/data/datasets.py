@@ -29,6 +29,7 @@ __all__ = [
     "class_balanced_sampler",
     "find_data_error",
     "slice_transforms",
+    "volume_transforms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,31 @@ class CheckSameGridd(MapTransform):
         return d
 
 
+def volume_transforms(spacing: Sequence[float] | None = None, volume_index: int | None = None) -> list[Callable]:
+    """The chain from a datalist item to its volumes on the grid slices are cut from, before normalisation.
+
+    Load ``image`` and, when present, ``label`` (any supported source, geometry in RAS) -> check the mask's grid
+    -> orient to RAS -> optional resampling. :func:`slice_transforms` continues from here.
+
+    Args:
+        spacing: optional target spacing in mm.
+        volume_index: the volume to take from 4D inputs.
+
+    Returns:
+        a list of MONAI dictionary transforms.
+    """
+    keys = ["image", "label"]
+    chain: list[Callable] = [
+        LoadImaged(keys, reader=SimpleITKReader(volume_index=volume_index), ensure_channel_first=True,
+                   image_only=True, allow_missing_keys=True),
+        CheckSameGridd("label", ref_key="image"),
+        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")), allow_missing_keys=True),
+    ]
+    if spacing is not None:
+        chain.append(Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest"), allow_missing_keys=True))
+    return chain
+
+
 def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[float] | None = None,
                      norm_mode: str = "percentile", lower: float = 0.5, upper: float = 99.5,
                      min_foreground: float = 0.05, tumour_min_voxels: int = 1,
@@ -75,7 +101,7 @@ def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[flo
                      volume_index: int | None = None) -> list[Callable]:
     """The deterministic chain from a datalist item to training-size 2D slices.
 
-    Load (any supported source, geometry in RAS) -> check the mask's grid -> orient to RAS -> optional resampling
+    :func:`volume_transforms` (load, check the mask's grid, orient to RAS, optional resampling)
     -> per-volume robust normalisation to [-1, 1] -> cut slices along ``axis`` (a list of slice items) -> fit each
     slice to ``image_size`` x ``image_size``. Each slice keeps a full 4x4 affine.
 
@@ -95,23 +121,14 @@ def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[flo
     Returns:
         a list of MONAI transforms, flat, so that caching datasets cache all of it.
     """
-    keys = ["image", "label"]
-    chain: list[Callable] = [
-        LoadImaged(keys, reader=SimpleITKReader(volume_index=volume_index), ensure_channel_first=True,
-                   image_only=True, allow_missing_keys=True),
-        CheckSameGridd("label", ref_key="image"),
-        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")), allow_missing_keys=True),
-    ]
-    if spacing is not None:
-        chain.append(Spacingd(keys, pixdim=tuple(spacing), mode=("bilinear", "nearest"), allow_missing_keys=True))
-    chain += [
+    return [
+        *volume_transforms(spacing=spacing, volume_index=volume_index),
         RobustNormalised("image", mode=norm_mode, lower=lower, upper=upper),
         ExtractSlicesd(keys=("image",), label_key="label", axis=axis, min_foreground=min_foreground,
                        tumour_min_voxels=tumour_min_voxels, tumour_labels=tumour_labels,
                        drop_ambiguous=drop_ambiguous),
         FitSliced(keys=("image",), label_key="label", spatial_size=image_size),
     ]
-    return chain
 
 
 def find_data_error(exc: BaseException) -> DataError | None:

@@ -25,6 +25,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from ..utils import rotation_matrix
 from .phantom import Phantom, brain_phantom
 
 __all__ = [
@@ -86,15 +87,6 @@ class DemoSubject:
     affine: np.ndarray
 
 
-def _rotation(angles_deg: Sequence[float]) -> np.ndarray:
-    """Rotation ``Rz @ Ry @ Rx`` for angles in degrees about x, y and z."""
-    ax, ay, az = np.deg2rad(np.asarray(angles_deg, dtype=float))
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def _flip(arrays: Sequence[np.ndarray], affine: np.ndarray, axes: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
     """Reverse ``axes`` of every array and return the affine that keeps each voxel where it was."""
     affine = affine.copy()
@@ -115,7 +107,7 @@ def _acquisition(rng: np.random.Generator, storage: str, shape: Sequence[int], s
         angles.append(rng.uniform(2, 6) * rng.choice([-1, 1]))
     else:
         angles = [rng.uniform(3, 12) * rng.choice([-1, 1]) for _ in range(3)]
-    rot = _rotation(angles)
+    rot = rotation_matrix(np.deg2rad(np.asarray(angles, dtype=float)))
     centre = np.array([rng.uniform(-15, 15), rng.uniform(-20, 20), rng.uniform(-20, 20)])
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag(spacing)

@@ -17,6 +17,7 @@ from typing import Any
 from monai.config import PathLike
 from pydicom.dataset import Dataset
 
+from monai_mri_gan.data.demo import demo_cohort
 from monai_mri_gan.data.readers import (
     VOLUME_SUFFIXES,
     is_dicom_file,
@@ -26,7 +27,15 @@ from monai_mri_gan.data.readers import (
 )
 from monai_mri_gan.errors import DataError, ErrorPolicy
 
-__all__ = ["MASK_SUFFIXES", "subject_id", "split_volume_name", "discover_volumes", "load_datalist", "build_datalist"]
+__all__ = [
+    "MASK_SUFFIXES",
+    "subject_id",
+    "split_volume_name",
+    "discover_volumes",
+    "load_datalist",
+    "build_datalist",
+    "resolve_datalist",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -300,3 +309,25 @@ def build_datalist(
     if dataset_dir is None:
         raise ValueError("build_datalist needs dataset_dir (a folder to search) or datalist (a JSON file).")
     return discover_volumes(dataset_dir, on_error=on_error)
+
+
+def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
+                     key: str = "training", on_error: str = "raise", demo_seed: int = 0) -> list[dict]:
+    """The datalist a bundle runs on: the user's datalist or folder, or else the embedded demo cohort.
+
+    Args:
+        dataset_dir: folder of DICOM series and volumes (searched when ``datalist`` is None), or the base folder
+            of a datalist's relative paths.
+        datalist: a MONAI/Decathlon datalist JSON.
+        key: the datalist section to read.
+        on_error: "raise" or "skip" bad inputs found while searching a folder.
+        demo_seed: seed of the demo cohort used when neither ``dataset_dir`` nor ``datalist`` is given.
+
+    Returns:
+        datalist items with ``image``, optional ``label`` and ``class``, and a pseudonymous ``subject``.
+    """
+    if dataset_dir is None and datalist is None:
+        path = demo_cohort(seed=demo_seed)
+        logger.info("no dataset_dir or datalist given: using the embedded demo cohort at %s", path.parent)
+        return load_datalist(path)
+    return build_datalist(dataset_dir=dataset_dir, datalist=datalist, key=key, on_error=on_error)

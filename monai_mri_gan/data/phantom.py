@@ -12,6 +12,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from ..utils import rotation_matrix
+
 __all__ = [
     "T1C_INTENSITY",
     "TUMOUR_T1C_INTENSITY",
@@ -111,15 +113,6 @@ class Phantom:
     noise_sigma: float
 
 
-def _rotation(angles: tuple[float, float, float] | np.ndarray) -> np.ndarray:
-    """Rotation matrix ``Rz @ Ry @ Rx`` for angles (radians) about x, y and z."""
-    ax, ay, az = (float(a) for a in angles)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def _waves(rng: np.random.Generator, count: int, wavelength: float) -> tuple[np.ndarray, np.ndarray]:
     """Random plane waves of one wavelength: wave vectors (count, 3) and phases (count,)."""
     directions = rng.standard_normal((count, 3))
@@ -212,7 +205,7 @@ class _Anatomy:
         contrast[Tissue.CSF] = contrast[Tissue.VENTRICLE]
         return cls(
             centre=np.array([rng.uniform(-4, 4), rng.uniform(-6, 6), rng.uniform(-22, -14)], np.float32),
-            rotation=_rotation(np.deg2rad([rng.uniform(-6, 6), rng.uniform(-3, 3), rng.uniform(-7, 7)])),
+            rotation=rotation_matrix(np.deg2rad([rng.uniform(-6, 6), rng.uniform(-3, 3), rng.uniform(-7, 7)])),
             a=rng.uniform(63, 71),
             b=rng.uniform(79, 88),
             c_up=rng.uniform(60, 68),

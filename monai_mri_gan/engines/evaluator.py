@@ -1,5 +1,4 @@
-"""An Ignite evaluator of slice generators (built on ``monai.engines.Evaluator``), its report and best-checkpoint
-handlers, and helpers that rebuild a generator and its real cohort from a checkpoint.
+"""An Ignite evaluator of slice generators, built on ``monai.engines.Evaluator``.
 
 Each run of :class:`GanEvaluator` draws the same generated sample (fixed latents and classes), compares it with a
 fixed sample of real slices in one feature space and puts FID, KID, precision/recall, MS-SSIM diversity,
@@ -22,12 +21,13 @@ from ignite.engine import Engine, Events
 from monai.engines import Evaluator
 from torch import nn
 
-from ..handlers.evaluation import metric_cmp_fn_for
 from ..metrics import (
     build_feature_extractor,
+    disjoint_halves,
     frechet_distance,
     kernel_inception_distance,
     memorisation_report,
+    metric_cmp_fn_for,
     ms_ssim_diversity,
     precision_recall,
 )
@@ -38,38 +38,18 @@ from ..metrics.classifier import (
     save_slice_classifier,
     train_slice_classifier,
 )
+from ..networks import seeded_latents
 
 __all__ = [
     "FEATURE_SPACES",
     "GanEvaluator",
     "class_allocation",
-    "disjoint_halves",
 ]
 
 #: Feature spaces of :class:`GanEvaluator`.
 FEATURE_SPACES = ("radiomics", "encoder", "local_weights")
-#: Metrics of :class:`GanEvaluator` for which a smaller value is better; for the others a larger one is.
 #: File name of the classifier that :class:`GanEvaluator` trains when it needs one and none is given.
 CLASSIFIER_FILE = "slice_classifier.pt"
-
-
-def disjoint_halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two disjoint random halves of ``range(n)`` (``n // 2`` indices each), as used by the real-vs-real floors.
-
-    The draw is the one of :func:`monai_mri_gan.metrics.real_vs_real_baseline` with the same seed.
-
-    Args:
-        n: number of items (>= 4).
-        seed: seed of the split.
-
-    Raises:
-        ValueError: when ``n < 4``.
-    """
-    if n < 4:
-        raise ValueError(f"need at least 4 real slices for real-vs-real floors, got {n}.")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    half = n // 2
-    return order[:half], order[half : 2 * half]
 
 
 def class_allocation(real_labels: torch.Tensor | None, num_samples: int, num_classes: int,
@@ -137,11 +117,19 @@ class GanEvaluator(Evaluator):
     - ``class_fidelity`` and ``class_fidelity_<class name>`` (conditional generators with a classifier): how often
       the classifier recognises the class a slice was generated with.
 
+    What a report needs besides the metrics is published in the state too: ``engine.state.generated``, the
+    ``(num_samples, 1, H, W)`` generated slices, and ``engine.state.report``, a dict with ``feature_space`` (its
+    name), ``num_generated``, ``num_real``, ``class_mode`` (None for an unconditional generator), ``seed``,
+    ``real_vs_real`` (the floors), ``generated_labels`` (the generated slices' classes, or None), ``real_images``
+    (the real sample) and ``memorisation`` (the generated sample's
+    :func:`~monai_mri_gan.metrics.memorisation_report` against the real sample).
+
     The real-vs-real floor of each metric (:attr:`floors`) is computed once on the real sample and cached: the
-    distribution metrics and memorisation between two disjoint random halves (:func:`disjoint_halves`),
-    MS-SSIM on all real slices, class fidelity as the classifier's accuracy on the real slices (optimistic when it
-    was trained on them). FID is biased by sample size: the floor is at ``N_real // 2`` per side, the generated
-    value at ``num_samples`` vs ``N_real``; KID is unbiased and compares directly.
+    distribution metrics and memorisation between two disjoint random halves
+    (:func:`~monai_mri_gan.metrics.disjoint_halves`), MS-SSIM on all real slices, class fidelity as the classifier's
+    accuracy on the real slices (optimistic when it was trained on them). FID is biased by sample size: the floor is
+    at ``N_real // 2`` per side, the generated value at ``num_samples`` vs ``N_real``; KID is unbiased and compares
+    directly.
 
     Feature spaces (``feature_space``), whose values never compare with each other:
 
@@ -157,10 +145,10 @@ class GanEvaluator(Evaluator):
     written by :func:`~monai_mri_gan.metrics.classifier.save_slice_classifier`); when it is None and one is
     needed, ``work_dir/slice_classifier.pt`` is loaded if it exists, else a classifier is trained on the real
     sample (seeded) and saved there, so that later runs share one feature space. The key metric (default
-    ``kid_mean``) drives ``state.best_metric`` with :func:`metric_cmp_fn_for` unless ``metric_cmp_fn`` is given;
-    MONAI's ``CheckpointSaver(save_key_metric=True, key_metric_negative_sign=True)`` or
-    :class:`BestCheckpointSaver` can keep the best checkpoint. The global random state is never consumed, so a
-    training run with periodic evaluation resumes exactly.
+    ``kid_mean``) drives ``state.best_metric`` with :func:`~monai_mri_gan.metrics.metric_cmp_fn_for` unless
+    ``metric_cmp_fn`` is given; MONAI's ``CheckpointSaver(save_key_metric=True, key_metric_negative_sign=True)`` or
+    :class:`~monai_mri_gan.handlers.BestCheckpointSaver` can keep the best checkpoint. The global random state is
+    never consumed, so a training run with periodic evaluation resumes exactly.
 
     Args:
         device: device of the generator's forward passes.
@@ -191,7 +179,8 @@ class GanEvaluator(Evaluator):
         ms_ssim_pairs: random pairs of the diversity estimate.
         memorisation_threshold: pixel correlation from which a generated slice counts as a copy.
         key_metric: name of the key metric.
-        metric_cmp_fn: ``(current, best) -> bool``; None for :func:`metric_cmp_fn_for` of ``key_metric``.
+        metric_cmp_fn: ``(current, best) -> bool``; None for :func:`~monai_mri_gan.metrics.metric_cmp_fn_for` of
+            ``key_metric``.
         val_handlers: handlers to attach (after the metric computation, so they see this run's metrics).
 
     Raises:
@@ -254,7 +243,7 @@ class GanEvaluator(Evaluator):
         self.num_classes = int(num_classes if num_classes is not None else getattr(generator, "num_classes", 0))
         self.class_names = list(class_names) if class_names else [str(c) for c in range(self.num_classes)]
         self.class_mode = class_mode
-        self.latents = torch.randn(self.num_samples, self.latent_dim, generator=rng)
+        self.latents = seeded_latents(self.num_samples, self.latent_dim, rng)
         self.labels = class_allocation(labels, self.num_samples, self.num_classes, class_mode)
         self.feature_space = feature_space
         self.feature_kwargs = dict(feature_kwargs or {})
@@ -459,9 +448,17 @@ class GanEvaluator(Evaluator):
             raise ValueError(f"key metric {self.state.key_metric_name!r} is not computed; metrics: {sorted(metrics)}.")
         self.state.metrics.update(metrics)
         self.state.generated = fakes
-        self.state.generated_labels = self.labels
-        self.state.memorisation = report
-        self.state.floors = self.floors
+        self.state.report = {
+            "feature_space": self.feature_space_name,
+            "num_generated": self.num_samples,
+            "num_real": len(self.real_images),
+            "class_mode": self.class_mode if self.num_classes > 0 else None,
+            "seed": self.seed,
+            "real_vs_real": dict(self.floors),
+            "generated_labels": self.labels,
+            "real_images": self.real_images,
+            "memorisation": report,
+        }
         current = metrics[self.state.key_metric_name]
         if self.state.best_metric_epoch == -1 or self.metric_cmp_fn(current, self.state.best_metric):
             self.logger.info("new best %s: %.6g", self.state.key_metric_name, current)

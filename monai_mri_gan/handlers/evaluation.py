@@ -9,37 +9,21 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from ignite.engine import Engine, Events
-from monai.engines.utils import default_metric_cmp_fn
 from torch import nn
 
-from ..metrics import save_closest_pairs_png
+from ..metrics import metric_cmp_fn_for, save_closest_pairs_png
 from ..metrics.report import save_metric_bars_png, save_sample_grid_png, write_json_atomic
-from .checkpoint import RunConfig, save_atomic
+from ..runs import RunRecord, load_checkpoint, save_checkpoint
 
-__all__ = ["LOWER_IS_BETTER", "BestCheckpointSaver", "EvaluationReportWriter", "lower_is_better", "metric_cmp_fn_for"]
-
-#: Metrics of :class:`~monai_mri_gan.engines.GanEvaluator` where smaller values are better.
-LOWER_IS_BETTER = frozenset({"fid", "kid_mean", "kid_std", "ms_ssim", "memorisation_fraction", "memorisation_max"})
-
-
-def lower_is_better(current: float, previous_best: float) -> bool:
-    """``metric_cmp_fn`` for metrics where smaller is better (FID, KID, ...): True when ``current`` improves."""
-    return current < previous_best
-
-
-def metric_cmp_fn_for(name: str) -> Callable[[float, float], bool]:
-    """The comparison of an evaluator metric: :func:`lower_is_better` or MONAI's greater-is-better.
-
-    Args:
-        name: a metric key (``fid``, ``kid_mean``, ``precision``, ``class_fidelity``, ...).
-    """
-    return lower_is_better if name in LOWER_IS_BETTER else default_metric_cmp_fn
+__all__ = ["BestCheckpointSaver", "EvaluationReportWriter"]
 
 
 class EvaluationReportWriter:
     """Ignite handler of a :class:`~monai_mri_gan.engines.GanEvaluator`: after each run, write its report.
+
+    It reads what the evaluator publishes (``state.metrics``, ``state.generated`` and ``state.report``, see
+    :class:`~monai_mri_gan.engines.GanEvaluator`) and evaluates the baselines with its ``evaluate`` method:
 
     - ``metrics.json`` (atomic): feature space, epoch, sample sizes, class mode, key metric, and the sections
       ``generated`` (this run), ``real_vs_real`` (floors) and one per baseline generator (e.g. ``untrained``);
@@ -76,24 +60,25 @@ class EvaluationReportWriter:
         if self._baseline_metrics is None or not self.baselines_once:
             self._baseline_metrics = {name: engine.evaluate(g) for name, g in self.baselines.items()}
         generated = {k: float(v) for k, v in engine.state.metrics.items()}
+        report = engine.state.report
         record: dict[str, Any] = {
-            "feature_space": engine.feature_space_name,
+            "feature_space": report["feature_space"],
             "note": "values compare only within one feature space; FID also only at equal sample sizes",
             "epoch": int(engine.state.epoch),
-            "num_generated": engine.num_samples,
-            "num_real": len(engine.real_images),
-            "class_mode": engine.class_mode if engine.num_classes > 0 else None,
-            "seed": engine.seed,
+            "num_generated": report["num_generated"],
+            "num_real": report["num_real"],
+            "class_mode": report["class_mode"],
+            "seed": report["seed"],
             "key_metric": engine.state.key_metric_name,
             "generated": generated,
-            "real_vs_real": dict(engine.floors),
+            "real_vs_real": dict(report["real_vs_real"]),
             **self._baseline_metrics,
         }
         write_json_atomic(record, self.output_dir / "metrics.json")
         if self.images:
-            save_sample_grid_png(engine.state.generated, engine.state.generated_labels,
+            save_sample_grid_png(engine.state.generated, report["generated_labels"],
                                  self.output_dir / "samples.png", per_row=self.per_row)
-            save_closest_pairs_png(engine.state.memorisation, engine.state.generated, engine.real_images,
+            save_closest_pairs_png(report["memorisation"], engine.state.generated, report["real_images"],
                                    self.output_dir / "closest_pairs.png", n=self.closest_pairs, overwrite=True)
             series = {"generated": generated, "real_vs_real": record["real_vs_real"], **self._baseline_metrics}
             save_metric_bars_png(series, self.output_dir / "metrics_vs_floor.png")
@@ -113,7 +98,8 @@ class BestCheckpointSaver:
         save_dict: objects with ``state_dict()``.
         config: the run configuration (train.json's ``run_config``), stored under ``config``.
         metric_name: metric to track; None for the engine's key metric.
-        metric_cmp_fn: ``(current, best) -> bool``; None for :func:`metric_cmp_fn_for` of the metric.
+        metric_cmp_fn: ``(current, best) -> bool``; None for :func:`~monai_mri_gan.metrics.metric_cmp_fn_for` of
+            the metric.
         resume: start from the value recorded in an existing file.
     """
 
@@ -123,7 +109,7 @@ class BestCheckpointSaver:
         self.checkpoint_path = Path(checkpoint_path)
         self.save_dict = dict(save_dict)
         if config is not None:
-            self.save_dict["config"] = RunConfig(config)
+            self.save_dict["config"] = RunRecord.from_state(config)
         self.metric_name = metric_name
         self.metric_cmp_fn = metric_cmp_fn
         self.resume = resume
@@ -139,7 +125,7 @@ class BestCheckpointSaver:
     def _recorded(self, name: str, space: str | None) -> float | None:
         if not (self.resume and self.checkpoint_path.is_file()):
             return None
-        saved = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True).get("metric", {})
+        saved = load_checkpoint(self.checkpoint_path).get("metric", {})
         if saved.get("name") == name and saved.get("feature_space") == space:
             self.best_epoch = saved.get("epoch")
             return float(saved["value"])
@@ -148,7 +134,7 @@ class BestCheckpointSaver:
     def __call__(self, engine: Engine) -> None:
         name = self.metric_name or engine.state.key_metric_name
         value = float(engine.state.metrics[name])
-        space = getattr(engine, "feature_space_name", None)
+        space = getattr(engine.state, "report", {}).get("feature_space")
         if not self._checked_file:
             self._checked_file = True
             self.best = self._recorded(name, space)
@@ -157,6 +143,6 @@ class BestCheckpointSaver:
             return
         state = {key: obj.state_dict() for key, obj in self.save_dict.items()}
         state["metric"] = {"name": name, "value": value, "epoch": int(engine.state.epoch), "feature_space": space}
-        save_atomic(state, self.checkpoint_path)
+        save_checkpoint(state, self.checkpoint_path)
         self.best, self.best_epoch = value, int(engine.state.epoch)
         self.logger.info("best %s = %.6g at epoch %d: saved %s", name, value, self.best_epoch, self.checkpoint_path)

@@ -11,7 +11,9 @@ import torch
 from ignite.engine import Engine, Events
 from PIL import Image
 
-from ..atomic import replace_atomically
+from ..metrics.report import radiological_view
+from ..networks import seeded_latents
+from ..utils import replace_atomically
 
 __all__ = ["sample_grid", "save_grid_png", "SampleGridSaver"]
 
@@ -20,6 +22,8 @@ __all__ = ["sample_grid", "save_grid_png", "SampleGridSaver"]
 def sample_grid(generator: torch.nn.Module, latents: torch.Tensor, labels: torch.Tensor | None,
                 rows: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """Generate one image per latent and tile them into a uint8 grid, ``rows`` rows (e.g. one per class).
+
+    Each image is shown in the radiological view (:func:`~monai_mri_gan.metrics.report.radiological_view`).
 
     Args:
         generator: maps ``(z, labels)`` to ``(N, 1, H, W)`` images.
@@ -41,9 +45,8 @@ def sample_grid(generator: torch.nn.Module, latents: torch.Tensor, labels: torch
     images = ((images - lo) / (hi - lo) * 255.0).round().to(torch.uint8).cpu().numpy()
     n, h, w = images.shape
     cols = n // rows
-    # RAS slices shown radiologically: anterior up, the patient's right on the viewer's left
-    views = images.transpose(0, 2, 1)[:, ::-1, ::-1]
-    return views.reshape(rows, cols, w, h).transpose(0, 2, 1, 3).reshape(rows * w, cols * h)
+    return radiological_view(images).reshape(rows, cols, w, h).transpose(0, 2, 1, 3).reshape(rows * w, cols * h)
+
 
 def save_grid_png(grid: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 grid to PNG atomically (temporary name, then rename)."""
@@ -75,8 +78,7 @@ class SampleGridSaver:
         self.generator = generator
         self.output_dir = Path(output_dir)
         self.rows = num_classes if num_classes > 0 else unconditional_rows
-        rng = torch.Generator().manual_seed(int(seed))
-        self.latents = torch.randn(self.rows * per_row, latent_dim, generator=rng)
+        self.latents = seeded_latents(self.rows * per_row, latent_dim, seed)
         self.labels = (torch.arange(num_classes).repeat_interleave(per_row) if num_classes > 0 else None)
         self.every_n_epochs = int(every_n_epochs)
         self.summary_writer = summary_writer

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import nn
 
-from ..handlers.checkpoint import save_atomic
+from ..utils import replace_atomically
 from .features import EncoderFeatureExtractor
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "build_slice_classifier",
     "class_fidelity",
     "classifier_feature_extractor",
+    "classifier_logits",
     "load_slice_classifier",
     "predict_classes",
     "save_slice_classifier",
@@ -177,7 +178,7 @@ def save_slice_classifier(
     network: ResNet, path: str | os.PathLike, widths: Sequence[int] = (8, 16, 32, 64),
     class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write a classifier's weights and architecture to one file, atomically (:func:`save_atomic`).
+    """Write a classifier's weights and architecture to one file, atomically.
 
     Args:
         network: a network made by :func:`build_slice_classifier` (or trained by :func:`train_slice_classifier`).
@@ -193,7 +194,7 @@ def save_slice_classifier(
     if class_names is not None:
         config["class_names"] = [str(n) for n in class_names]
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    return save_atomic({"state_dict": state, "config": config}, path)
+    return replace_atomically(path, lambda handle: torch.save({"state_dict": state, "config": config}, handle))
 
 
 def load_slice_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> ResNet:
@@ -223,17 +224,18 @@ def load_slice_classifier(path: str | os.PathLike, device: str | torch.device = 
 
 
 @torch.no_grad()
-def predict_classes(classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                    batch_size: int = 256) -> torch.Tensor:
-    """Arg-max class of every slice under a classifier that returns ``(B, K)`` logits.
+def classifier_logits(classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                      batch_size: int = 256) -> torch.Tensor:
+    """The logits of a classifier for every slice, computed in batches without gradients.
 
     Args:
-        classifier: the classifier (a module is put in eval mode for the call and restored afterwards).
+        classifier: returns ``(B, K)`` logits for ``(B, 1, H, W)`` slices (a module is put in eval mode for the
+            call and restored afterwards, and its inputs go to its parameters' device).
         images: ``(N, 1, H, W)`` slices.
         batch_size: slices per forward pass.
 
     Returns:
-        ``(N,)`` predicted classes on the CPU.
+        ``(N, K)`` float32 logits on the CPU.
     """
     images = torch.as_tensor(images).as_subclass(torch.Tensor).float()
     was_training = isinstance(classifier, nn.Module) and classifier.training
@@ -243,14 +245,29 @@ def predict_classes(classifier: Callable[[torch.Tensor], torch.Tensor], images: 
     else:
         device = torch.device("cpu")
     try:
-        predictions = [
-            classifier(images[start : start + batch_size].to(device)).argmax(dim=1).cpu()
+        logits = [
+            classifier(images[start : start + batch_size].to(device)).float().cpu()
             for start in range(0, images.shape[0], batch_size)
         ]
     finally:
         if was_training:
             classifier.train()
-    return torch.cat(predictions)
+    return torch.cat(logits)
+
+
+def predict_classes(classifier: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                    batch_size: int = 256) -> torch.Tensor:
+    """Arg-max class of every slice under a classifier that returns ``(B, K)`` logits (see :func:`classifier_logits`).
+
+    Args:
+        classifier: the classifier.
+        images: ``(N, 1, H, W)`` slices.
+        batch_size: slices per forward pass.
+
+    Returns:
+        ``(N,)`` predicted classes on the CPU.
+    """
+    return classifier_logits(classifier, images, batch_size).argmax(dim=1)
 
 
 def class_fidelity(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "disjoint_halves",
     "frechet_distance",
     "kernel_inception_distance",
     "polynomial_mmd2_unbiased",
@@ -208,6 +209,23 @@ def precision_recall(real_feats: Any, fake_feats: Any, k: int = 3, batch_size: i
     return precision, recall
 
 
+def disjoint_halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint random halves of ``range(n)`` (``n // 2`` indices each): the split of the real-vs-real floors.
+
+    Args:
+        n: number of items (>= 4).
+        seed: seed of the split.
+
+    Raises:
+        ValueError: when ``n < 4``.
+    """
+    if n < 4:
+        raise ValueError(f"need at least 4 real slices for real-vs-real floors, got {n}.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    half = n // 2
+    return order[:half], order[half : 2 * half]
+
+
 def real_vs_real_baseline(
     real_feats: Any, metric_fn: Callable[[torch.Tensor, torch.Tensor], Any], seed: int = 0
 ) -> Any:
@@ -229,6 +247,5 @@ def real_vs_real_baseline(
         ValueError: when there are fewer than 4 rows.
     """
     real = _as_features(real_feats, "real_feats", min_rows=4)
-    order = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(seed))
-    half = real.shape[0] // 2
-    return metric_fn(real[order[:half]], real[order[half : 2 * half]])
+    first, second = disjoint_halves(real.shape[0], seed)
+    return metric_fn(real[first], real[second])

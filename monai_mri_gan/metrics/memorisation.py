@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import replace_atomically
+from ..utils import replace_atomically
 
 __all__ = ["memorisation_report", "save_closest_pairs_png"]
 

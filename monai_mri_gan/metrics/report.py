@@ -13,9 +13,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..atomic import replace_atomically
+from ..utils import replace_atomically
 
-__all__ = ["save_metric_bars_png", "save_sample_grid_png", "write_json_atomic"]
+__all__ = ["radiological_view", "save_metric_bars_png", "save_sample_grid_png", "write_json_atomic"]
+
+
+def radiological_view(images: np.ndarray) -> np.ndarray:
+    """RAS slices as a radiologist views them: anterior up, the patient's right on the viewer's left.
+
+    Args:
+        images: ``(..., H, W)`` slices whose last two axes are the first two RAS voxel axes (an axial slicing's).
+
+    Returns:
+        a ``(..., W, H)`` view (no copy): the last two axes swapped, and both reversed.
+    """
+    return np.swapaxes(images, -1, -2)[..., ::-1, ::-1]
 
 
 def write_json_atomic(data: Mapping[str, Any], path: str | os.PathLike) -> Path:
@@ -52,8 +64,8 @@ def save_sample_grid_png(
 ) -> Path:
     """Tile generated slices into a PNG: one row per class (the first ``per_row`` of each), or rows of ``per_row``.
 
-    Slices in [-1, 1] map to 0..255 and are shown as the training sample grids show them (radiological view:
-    anterior up, the patient's right on the viewer's left); missing cells stay black.
+    Slices in [-1, 1] map to 0..255 and are shown as the training sample grids show them
+    (:func:`radiological_view`); missing cells stay black.
 
     Args:
         images: ``(N, 1, H, W)`` slices.
@@ -76,7 +88,7 @@ def save_sample_grid_png(
     for row, index in enumerate(rows):
         for col, i in enumerate(index.tolist()):
             grey = ((images[i] + 1) * 127.5).round().to(torch.uint8).numpy()
-            canvas[row * width : (row + 1) * width, col * height : (col + 1) * height] = grey.T[::-1, ::-1]
+            canvas[row * width : (row + 1) * width, col * height : (col + 1) * height] = radiological_view(grey)
     return _save_png(canvas, path)
 
 

@@ -3,7 +3,6 @@
 from .augmentation import AUGMENTED_DATALIST, build_balanced_set, synthetic_quota
 from .provenance import (
     PHI_KEYS,
-    atomic_write_bytes,
     find_forbidden,
     find_phi_keys,
     provenance_record,
@@ -26,7 +25,6 @@ __all__ = [
     "SliceSynthesiser",
     "SyntheticSliceWriter",
     "as_flag",
-    "atomic_write_bytes",
     "build_balanced_set",
     "cast_to_dtype",
     "find_forbidden",

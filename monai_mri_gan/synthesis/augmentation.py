@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .provenance import atomic_write_bytes
+from ..utils import replace_atomically
 from .sampler import SliceSynthesiser, as_flag
 
 __all__ = ["AUGMENTED_DATALIST", "build_balanced_set", "synthetic_quota"]
@@ -112,14 +112,14 @@ def build_balanced_set(
     if not overwrite and datalist_path.exists():
         raise FileExistsError(f"{datalist_path}: exists; pass overwrite=True to replace it (nothing written).")
     synthesiser = SliceSynthesiser(
-        ckpt_path, output_dir / "synthetic", num_samples=0, seed=seed, dataset_dir=dataset_dir, datalist=datalist,
+        ckpt_path, output_dir / "synthetic", samples_per_class=0, seed=seed, dataset_dir=dataset_dir, datalist=datalist,
         overwrite=overwrite, compress=compress, use_ema=use_ema, device=device, cache_dir=cache_dir,
         on_error=on_error,
     )
     cohort = synthesiser.reference_cohort
     real_counts = cohort.class_counts()
     quota = synthetic_quota(real_counts, synthesiser.num_classes, target_ratio)
-    written = synthesiser.run(num_samples=quota)
+    written = synthesiser.run(samples_per_class=quota)
 
     real_items: list[dict[str, Any]] = []
     for s in cohort:
@@ -150,7 +150,7 @@ def build_balanced_set(
         "training": real_items + synthetic_items,
     }
     data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
-    atomic_write_bytes(datalist_path, data, overwrite=overwrite)
+    replace_atomically(datalist_path, lambda handle: handle.write(data), overwrite=overwrite)
     logger.info("balanced set: real %s + synthetic %s slices per class -> %s",
                 document["real_counts"], document["synthetic_counts"], datalist_path)
     return datalist_path

@@ -1,4 +1,4 @@
-"""Provenance records and privacy checks for synthetic outputs, and the atomic file writing they share.
+"""Provenance records and privacy checks for synthetic outputs.
 
 Every synthetic NIfTI has a JSON sidecar beside it (``slice.nii.gz`` -> ``slice.json``) built by
 :func:`provenance_record`: it says the file is synthetic, which generator, checkpoint, seed and sample made it,
@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,13 +25,12 @@ import nibabel
 import numpy as np
 import torch
 
+from ..utils import replace_atomically
 from ..version import __version__
 
 __all__ = [
     "NIFTI_SUFFIXES",
     "PHI_KEYS",
-    "atomic_write_bytes",
-    "commit_file",
     "find_forbidden",
     "find_phi_keys",
     "provenance_record",
@@ -41,7 +39,6 @@ __all__ = [
     "sha256_text",
     "sidecar_path",
     "sidecar_bytes",
-    "stage_file",
     "synthetic_descrip",
     "write_sidecar",
 ]
@@ -319,89 +316,6 @@ def scrub_check(
     return hits
 
 
-def stage_file(path: str | os.PathLike, data: bytes, fsync: bool = False) -> Path:
-    """Write ``data`` completely to a new hidden temporary file beside ``path`` (``.<name>.tmp-<random>``).
-
-    Args:
-        path: the final destination; its folder is created if needed.
-        data: the complete file content.
-        fsync: flush the file to disk (slower; survives power loss).
-
-    Returns:
-        the temporary file, to be moved into place by :func:`commit_file`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def commit_file(tmp: Path, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Move a staged temporary file into place in one step; the temporary file is gone afterwards, whatever happens.
-
-    Without ``overwrite`` the move is a hard link that fails if the target exists, so two writers racing for one
-    name cannot clobber each other (a plain existence check is used where the file system has no hard links).
-
-    Args:
-        tmp: a file from :func:`stage_file`.
-        path: destination.
-        overwrite: replace an existing file.
-
-    Returns:
-        the destination path.
-
-    Raises:
-        FileExistsError: when ``path`` exists and ``overwrite`` is False.
-    """
-    path = Path(path)
-    try:
-        if overwrite:
-            os.replace(tmp, path)
-            return path
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it.") from None
-        except OSError:
-            if path.exists():
-                raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it.") from None
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False, fsync: bool = False) -> Path:
-    """Write ``data`` to a temporary file in the target folder, then move it into place in one step.
-
-    On any failure the temporary file is removed and the target is untouched.
-
-    Args:
-        path: destination.
-        data: the complete file content.
-        overwrite: replace an existing file.
-        fsync: flush the file to disk before the move.
-
-    Returns:
-        the destination path.
-
-    Raises:
-        FileExistsError: when ``path`` exists and ``overwrite`` is False.
-    """
-    if not overwrite and Path(path).exists():
-        raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it.")
-    return commit_file(stage_file(path, data, fsync=fsync), path, overwrite=overwrite)
-
-
 def sidecar_path(nifti_path: str | os.PathLike) -> Path:
     """The JSON sidecar beside a NIfTI file: ``a/b.nii.gz`` and ``a/b.nii`` -> ``a/b.json``.
 
@@ -449,4 +363,6 @@ def write_sidecar(
         ValueError: see :func:`sidecar_bytes`.
         FileExistsError: when the sidecar exists and ``overwrite`` is False.
     """
-    return atomic_write_bytes(sidecar_path(nifti_path), sidecar_bytes(record), overwrite=overwrite, fsync=fsync)
+    data = sidecar_bytes(record)
+    return replace_atomically(sidecar_path(nifti_path), lambda handle: handle.write(data), overwrite=overwrite,
+                              fsync=fsync)

@@ -1,22 +1,22 @@
 """Sample synthetic slices from a trained generator and write them with a real reference slice's geometry.
 
-:class:`SliceSynthesiser` rebuilds the generator from a checkpoint's own run configuration (never from a bundle's
-current hyperparameters), draws latent vectors from a seeded ``torch.Generator``, and writes each sample as a
-NIfTI slice that borrows the full 4x4 affine, intensity units and dtype of a real reference slice of the requested
-class, with a provenance sidecar (see :mod:`monai_mri_gan.synthesis.provenance`). Reference slices come from a
-:class:`~monai_mri_gan.data.SliceCohort` cut with the checkpoint's slicing configuration and image size, so a
-reference slice lies on exactly the grid the generator draws on.
+:class:`SliceSynthesiser` rebuilds the generator from a checkpoint's own run record (never from a bundle's
+current hyperparameters, see :mod:`monai_mri_gan.runs`), draws latent vectors from a seeded ``torch.Generator``,
+and writes each sample as a NIfTI slice that borrows the full 4x4 affine, intensity units and dtype of a real
+reference slice of the requested class, with a provenance sidecar (see :mod:`monai_mri_gan.synthesis.provenance`).
+Reference slices come from a :class:`~monai_mri_gan.data.SliceCohort` cut with the run's slicing settings and
+image size, so a reference slice lies on exactly the grid the generator draws on.
 
-Sampling is reproducible: the latent vectors of ``num_samples`` samples of one class are
-``torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(seed))`` (row ``i`` for sample
-``i``; every class uses the same rows), and reference slices are a seeded permutation of the class's slices. Two
+Sampling is reproducible: the latent vectors of the ``samples_per_class`` samples of one class are
+:func:`~monai_mri_gan.networks.seeded_latents` ``(samples_per_class, latent_dim, seed)``, i.e.
+``torch.randn(samples_per_class, latent_dim, generator=torch.Generator().manual_seed(seed))`` (row ``i`` for
+sample ``i``; every class uses the same rows), and reference slices are a seeded permutation of the class's slices. Two
 runs with the same checkpoint, references and seed write identical files except the ``created`` time of the
 sidecars.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, Orientation, Spacing
+from monai.transforms import Compose
 from monai.utils import convert_to_numpy
 
-from ..data import SliceCohort, resolve_datalist
-from ..data.readers import SimpleITKReader
-from ..handlers.checkpoint import load_checkpoint, resolve_checkpoint
-from ..restore import SUPPORTED_GENERATORS, build_generator, cohort_from_config, slicing_kwargs
+from ..data import SliceCohort, resolve_datalist, volume_transforms
+from ..networks import seeded_latents
+from ..runs import cohort_from_record, generator_from_checkpoint, load_checkpoint, resolve_checkpoint, run_record
 from ..transforms.intensity import invert_normalisation
+from ..utils import remove_staged
 from .provenance import provenance_record, sha256_file, sha256_text, sidecar_path
 from .writer import SyntheticSliceWriter
 
@@ -78,8 +78,9 @@ def _volume_affine(slice_affine: np.ndarray, index: int) -> np.ndarray:
 class SliceSynthesiser:
     """Sample a trained slice generator and write each sample with a real reference slice's geometry and units.
 
-    For each requested class, ``num_samples`` latent vectors are drawn (see the module docstring), passed through
-    the generator (rebuilt from the checkpoint's ``config``; EMA weights by default), and each output slice is:
+    For each requested class, ``samples_per_class`` latent vectors are drawn (see the module docstring), passed
+    through the generator (rebuilt from the checkpoint's run record; EMA weights by default), and each output slice
+    is:
 
     - given a reference slice of the same class, picked from the reference cohort by a seeded permutation
       (an unconditional generator takes any slice), or the one slice the user names with ``reference_image`` and
@@ -100,22 +101,22 @@ class SliceSynthesiser:
 
     .. code-block:: python
 
-        synthesiser = SliceSynthesiser("runs/brain_mri_gan", "runs/synthetic", num_samples=16, classes=["tumour"])
+        synthesiser = SliceSynthesiser("runs/brain_mri_gan", "runs/synthetic", samples_per_class=16,
+                                       classes=["tumour"])
         written = synthesiser.run()  # [{"image": Path, "provenance": Path, "class": 1, ...}, ...]
 
     Args:
         ckpt_path: a checkpoint file, or a training output folder (its latest checkpoint is used).
         output_dir: folder of the synthetic files (created when missing).
-        num_samples: samples per class, or a mapping class (name or index) -> samples (its keys are then the
-            classes and ``classes`` must be None).
+        samples_per_class: samples of each class, or a mapping class (name or index) -> samples (its keys are then
+            the classes and ``classes`` must be None).
         classes: class names or indices to sample; None for every class of the checkpoint. Must be None for an
             unconditional generator.
         seed: seed of the latent vectors and of the choice of reference slices.
         dataset_dir: folder of reference volumes (see :func:`~monai_mri_gan.data.resolve_datalist`).
         datalist: datalist JSON of reference volumes; with ``dataset_dir`` also None, the embedded demo cohort.
-        cohort: an already built reference cohort (it must be cut with the checkpoint's slicing configuration and
-            image size, see :func:`~monai_mri_gan.restore.cohort_from_config`); replaces ``dataset_dir`` and
-            ``datalist``.
+        cohort: an already built reference cohort (it must be cut with the run's slicing settings and image size,
+            see :func:`~monai_mri_gan.runs.cohort_from_record`); replaces ``dataset_dir`` and ``datalist``.
         reference_image: a volume (file or DICOM series folder) whose slice ``reference_slice`` every sample
             borrows, instead of reference slices from a cohort.
         reference_slice: index of that slice along the slicing axis of the volume oriented to RAS (as
@@ -132,6 +133,7 @@ class SliceSynthesiser:
 
     Raises:
         FileNotFoundError: when there is no checkpoint at ``ckpt_path``.
+        KeyError: when the checkpoint has no run record or no weights of the chosen generator.
         ValueError: for an unknown class, classes with an unconditional generator, a negative number of samples,
             ``reference_image`` without ``reference_slice``, or nothing to write.
     """
@@ -140,7 +142,7 @@ class SliceSynthesiser:
         self,
         ckpt_path: str | os.PathLike,
         output_dir: str | os.PathLike,
-        num_samples: int | Mapping[Any, int] = 8,
+        samples_per_class: int | Mapping[Any, int] = 8,
         classes: Sequence[str | int] | str | int | None = None,
         seed: int = 0,
         dataset_dir: str | os.PathLike | None = None,
@@ -166,22 +168,18 @@ class SliceSynthesiser:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
         self.checkpoint_path = resolve_checkpoint(ckpt_path)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        checkpoint = load_checkpoint(self.checkpoint_path, map_location="cpu")
-        if "config" not in checkpoint:
-            raise KeyError(f"{self.checkpoint_path}: the checkpoint has no 'config' entry.")
-        self.config: dict[str, Any] = dict(checkpoint["config"])
+        checkpoint = load_checkpoint(self.checkpoint_path)
+        self.record = run_record(checkpoint)
         self.use_ema = as_flag(use_ema, "use_ema")
         weights_key = "ema_generator" if self.use_ema else "generator"
-        self.generator = build_generator(self.config)
-        self.generator.load_state_dict(checkpoint[weights_key])
-        self.generator.to(self.device).eval()
+        self.generator = generator_from_checkpoint(checkpoint, weights_key, device=self.device)
         del checkpoint
         self.checkpoint_sha256 = sha256_file(self.checkpoint_path)
-        self.num_classes = int(self.config.get("num_classes", 0))
-        self.class_names = [str(c) for c in (self.config.get("class_names") or [])]
+        self.num_classes = int(self.record.get("num_classes") or 0)
+        self.class_names = [str(c) for c in (self.record.get("class_names") or [])]
         self.output_dir = Path(output_dir)
         self.seed = int(seed)
-        self.num_samples = self._resolve_num_samples(num_samples, classes)
+        self.samples_per_class = self._resolve_samples_per_class(samples_per_class, classes)
         self.dataset_dir = dataset_dir
         self.datalist = datalist
         self.reference_image = reference_image
@@ -220,23 +218,23 @@ class SliceSynthesiser:
             return _UNCONDITIONAL
         return self.class_names[index] if index < len(self.class_names) else f"class{index}"
 
-    def _resolve_num_samples(
-        self, num_samples: int | Mapping[Any, int], classes: Sequence[str | int] | str | int | None
+    def _resolve_samples_per_class(
+        self, samples_per_class: int | Mapping[Any, int], classes: Sequence[str | int] | str | int | None
     ) -> dict[int | None, int]:
         """Samples per class index (None: unconditional), in the order requested."""
-        if isinstance(num_samples, Mapping):
+        if isinstance(samples_per_class, Mapping):
             if classes is not None:
-                raise ValueError("give classes either as the keys of num_samples or as classes, not both.")
-            counts = {self.class_index(c): int(n) for c, n in num_samples.items()}
+                raise ValueError("give classes either as the keys of samples_per_class or as classes, not both.")
+            counts = {self.class_index(c): int(n) for c, n in samples_per_class.items()}
         elif self.num_classes == 0:
             if classes not in (None, [], ()):
                 raise ValueError("this generator is unconditional: classes must be None.")
-            counts = {None: int(num_samples)}
+            counts = {None: int(samples_per_class)}
         else:
             wanted = range(self.num_classes) if classes is None else classes
             if isinstance(wanted, str | int):
                 wanted = [wanted]
-            counts = {self.class_index(c): int(num_samples) for c in wanted}
+            counts = {self.class_index(c): int(samples_per_class) for c in wanted}
         bad = {self.class_name(c): n for c, n in counts.items() if n < 0}
         if bad:
             raise ValueError(f"the number of samples must not be negative, got {bad}.")
@@ -244,15 +242,15 @@ class SliceSynthesiser:
 
     @property
     def reference_cohort(self) -> SliceCohort:
-        """The reference slices, cut with the checkpoint's slicing configuration (built on first use)."""
+        """The reference slices, cut with the run's slicing settings (built on first use)."""
         if self._cohort is None:
             if self.reference_image is not None:
                 items = [{"image": str(self.reference_image)}]
                 # every slice is a candidate: the user named the one to use
-                self._cohort = cohort_from_config(self.config, items, on_error="raise", min_foreground=0.0)
+                self._cohort = cohort_from_record(self.record, items, on_error="raise", min_foreground=0.0)
             else:
                 items = resolve_datalist(self.dataset_dir, self.datalist)
-                self._cohort = cohort_from_config(self.config, items, self.cache_dir, self.on_error)
+                self._cohort = cohort_from_record(self.record, items, self.cache_dir, self.on_error)
         return self._cohort
 
     def reference_positions(self, class_index: int | None, count: int) -> list[int]:
@@ -281,8 +279,7 @@ class SliceSynthesiser:
 
     def latents(self, count: int) -> torch.Tensor:
         """Latent vectors of samples ``0..count-1``, ``(count, latent_dim)``, drawn on CPU with seed ``seed``."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.randn(count, int(self.config["latent_dim"]), generator=generator)
+        return seeded_latents(count, int(self.record["latent_dim"]), self.seed)
 
     @torch.no_grad()
     def generate(self, class_index: int | None, count: int) -> torch.Tensor:
@@ -293,8 +290,8 @@ class SliceSynthesiser:
         for start in range(0, count, self.batch_size):
             batch_labels = None if labels is None else labels[start : start + self.batch_size].to(self.device)
             out.append(self.generator(z[start : start + self.batch_size].to(self.device), batch_labels).float().cpu())
-        size = int(self.config["image_size"])
-        return torch.cat(out) if out else torch.zeros(0, int(self.config.get("channels", 1)), size, size)
+        size = int(self.record["image_size"])
+        return torch.cat(out) if out else torch.zeros(0, int(self.generator.channels), size, size)
 
     def _suffix(self) -> str:
         return ".nii.gz" if self.compress else ".nii"
@@ -314,7 +311,7 @@ class SliceSynthesiser:
         """What :meth:`run` will write: one entry per class with its reference positions and stacked volumes."""
         cohort = self.reference_cohort
         plans = []
-        for class_index, count in self.num_samples.items():
+        for class_index, count in self.samples_per_class.items():
             positions = self.reference_positions(class_index, count) if count else []
             volumes: dict[str, list[list[int]]] = {}
             for sample_index, position in enumerate(positions):
@@ -354,8 +351,8 @@ class SliceSynthesiser:
     ) -> dict[str, Any]:
         meta = reference.meta
         return provenance_record(
-            generator_name=str(self.config.get("generator", SUPPORTED_GENERATORS[0])),
-            generator_version=str(self.config.get("version", "unknown")),
+            generator_name=str(self.record["networks"]["generator"]["_target_"]),
+            generator_version=str(self.record.get("versions", {}).get("monai_mri_gan", "unknown")),
             checkpoint_sha256=self.checkpoint_sha256,
             seed=self.seed,
             sample_index=sample_index,
@@ -364,13 +361,14 @@ class SliceSynthesiser:
             reference_source=str(meta.get("filename_or_obj")),
             reference_slice_index=slice_index,
             reference_affine=affine,
-            reference_axis=int(meta.get("slice_axis", self.config.get("slicing", {}).get("axis", 2))),
+            reference_axis=int(meta.get("slice_axis", self._slicing().get("axis", 2))),
             extra={
                 "weights": "ema_generator" if self.use_ema else "generator",
                 "latent": {
                     "distribution": "standard normal",
-                    "draw": "torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(seed))",
-                    "num_samples": int(count),
+                    "draw": "torch.randn(samples_per_class, latent_dim, "
+                            "generator=torch.Generator().manual_seed(seed))",
+                    "samples_per_class": int(count),
                     "row": int(sample_index),
                 },
                 "reference_choice": "named" if self.reference_image is not None else "cohort",
@@ -380,7 +378,7 @@ class SliceSynthesiser:
                     "source_low": float(meta["norm_in_low"]),
                     "source_high": float(meta["norm_in_high"]),
                 },
-                "image_size": int(self.config["image_size"]),
+                "image_size": int(self.record["image_size"]),
                 **(extra or {}),
             },
         )
@@ -391,20 +389,21 @@ class SliceSynthesiser:
         low = np.asarray([float(reference.meta.get("norm_out_low", -1.0))])
         return float(invert_normalisation(low, reference.meta)[0])
 
+    def _slicing(self) -> dict[str, Any]:
+        """The run's slicing settings."""
+        return dict(self.record.get("slicing") or {})
+
     def _volume_depth(self, source: str) -> int:
         """The number of slices of a reference volume along the slicing axis, as the cohort cut it."""
-        kwargs = slicing_kwargs(self.config)
-        image = LoadImage(reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)(source)
-        image = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
-        if kwargs.get("spacing") is not None:
-            image = Spacing(pixdim=tuple(kwargs["spacing"]), mode="bilinear")(image)
-        return int(image.shape[1 + int(kwargs.get("axis", 2))])
+        slicing = self._slicing()
+        load = Compose(volume_transforms(spacing=slicing.get("spacing"), volume_index=slicing.get("volume_index")))
+        return int(load({"image": source})["image"].shape[1 + int(slicing.get("axis", 2))])
 
-    def run(self, num_samples: int | Mapping[Any, int] | None = None) -> list[dict[str, Any]]:
+    def run(self, samples_per_class: int | Mapping[Any, int] | None = None) -> list[dict[str, Any]]:
         """Generate and write every requested sample (and stacked volume).
 
         Args:
-            num_samples: replaces the constructor's ``num_samples`` (and ``classes``) for this run.
+            samples_per_class: replaces the constructor's ``samples_per_class`` (and ``classes``) for this run.
 
         The time spent generating and writing (inverse normalisation, NIfTI and sidecar) is kept in
         :attr:`timings` (``generate_s``, ``write_s``).
@@ -420,8 +419,8 @@ class SliceSynthesiser:
                 sidecar pair) and temporary files staged for the rest are removed.
             ValueError: see :meth:`reference_positions`.
         """
-        if num_samples is not None:
-            self.num_samples = self._resolve_num_samples(num_samples, None)
+        if samples_per_class is not None:
+            self.samples_per_class = self._resolve_samples_per_class(samples_per_class, None)
         plans = self.plan()
         destinations = self._destinations(plans)
         self._check_destinations(destinations)
@@ -436,9 +435,8 @@ class SliceSynthesiser:
     def _remove_staged(destinations: list[Path]) -> None:
         """Remove temporary files staged for ``destinations`` that an interruption left before their rename."""
         for path in destinations:
-            for target in (path, sidecar_path(path)):
-                for staged in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
-                    staged.unlink(missing_ok=True)
+            remove_staged(path)
+            remove_staged(sidecar_path(path))
 
     def _run(self, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Generate and write the planned samples; see :meth:`run`."""
@@ -495,7 +493,7 @@ class SliceSynthesiser:
                     MetaTensor(torch.as_tensor(slices[s]), affine=torch.as_tensor(cohort[positions[s]]["image"].affine))
                     for s in members
                 ]
-                size = int(self.config["image_size"])
+                size = int(self.record["image_size"])
                 record = self._record(class_index, members[0], count, first["image"], volume_affine, 0,
                                       extra={"sample_indices": members})
                 path = self.volume_path(class_index, source, layer)

@@ -22,16 +22,9 @@ from monai.data import MetaTensor, NibabelWriter
 from monai.utils import convert_to_numpy
 
 from ..transforms.slices import slice_to_volume_transform
+from ..utils import commit_file, replace_atomically, stage_file
 from ..version import __version__
-from .provenance import (
-    NIFTI_SUFFIXES,
-    commit_file,
-    find_forbidden,
-    sidecar_bytes,
-    sidecar_path,
-    stage_file,
-    synthetic_descrip,
-)
+from .provenance import NIFTI_SUFFIXES, find_forbidden, sidecar_bytes, sidecar_path, synthetic_descrip
 
 __all__ = ["SyntheticSliceWriter", "cast_to_dtype", "write_synthetic_slice"]
 
@@ -277,12 +270,11 @@ class SyntheticSliceWriter(NibabelWriter):
         """
         super(NibabelWriter, self).write(filename, verbose=verbose)
         overwrite = self.overwrite if overwrite is None else overwrite
-        path = Path(filename)
-        compress = _nifti_suffix(path) == ".nii.gz"
-        if not overwrite and path.exists():
-            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it.")
-        nifti = self._file_bytes(self.create_header(descrip), compress)
-        return commit_file(stage_file(path, nifti, self.fsync), path, overwrite)
+        compress = _nifti_suffix(filename) == ".nii.gz"
+        return replace_atomically(
+            filename, lambda handle: handle.write(self._file_bytes(self.create_header(descrip), compress)),
+            overwrite=overwrite, fsync=self.fsync,
+        )
 
     def _write_pair(
         self,
@@ -307,9 +299,10 @@ class SyntheticSliceWriter(NibabelWriter):
             if find_forbidden(header.binaryblock, forbidden) or find_forbidden(sidecar, forbidden):
                 # The values themselves are not repeated here: this message may end up in a log.
                 raise ValueError(f"{nifti_path}: a forbidden identifier value would be written; nothing written.")
-        nifti_tmp = stage_file(nifti_path, self._file_bytes(header, compress), self.fsync)
+        nifti = self._file_bytes(header, compress)
+        nifti_tmp = stage_file(nifti_path, lambda handle: handle.write(nifti), self.fsync)
         try:
-            json_tmp = stage_file(json_path, sidecar, self.fsync)
+            json_tmp = stage_file(json_path, lambda handle: handle.write(sidecar), self.fsync)
         except BaseException:
             nifti_tmp.unlink(missing_ok=True)
             raise
