@@ -6,7 +6,7 @@ and fake batches of different sizes (a ragged last batch) are weighted equally.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +17,12 @@ __all__ = [
     "R1Regulariser",
     "bce_discriminator_loss",
     "bce_generator_loss",
+    "feature_matching_loss",
     "hinge_discriminator_loss",
     "hinge_generator_loss",
     "lsgan_discriminator_loss",
     "lsgan_generator_loss",
+    "masked_l1_loss",
     "mode_seeking_loss",
     "r1_penalty",
     "same_class_pairs",
@@ -228,6 +230,44 @@ def mode_seeking_loss(
     image_distance = (images[first].float() - images[second].float()).abs().mean()
     latent_distance = (latents[first].float() - latents[second].float()).abs().mean()
     return 1.0 / (eps + image_distance / latent_distance)
+
+
+def masked_l1_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                   eps: float = 1e-8) -> torch.Tensor:
+    """Weighted mean absolute error: ``sum(w * |prediction - target|) / sum(w)`` over the whole batch.
+
+    The lesion painter's reconstruction term: with ``w`` the blend weights of the hole, it asks for the real content
+    back where the painter may paint and ignores the rest.
+
+    Args:
+        prediction: ``(B, C, H, W)`` images.
+        target: images of the same shape.
+        weights: non-negative weights broadcastable to them (e.g. ``(B, 1, H, W)``).
+        eps: keeps the loss finite when every weight is 0.
+
+    Returns:
+        scalar loss.
+    """
+    weights = weights.expand_as(prediction).to(prediction.dtype)
+    return (weights * (prediction - target).abs()).sum() / (weights.sum() + eps)
+
+
+def feature_matching_loss(fake_features: Sequence[torch.Tensor], real_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Discriminator feature matching (pix2pixHD): the mean over layers of the L1 distance of their features.
+
+    Args:
+        fake_features: the discriminator's intermediate features of generated inputs, one tensor per layer.
+        real_features: the same layers' features of the real inputs (detach them: they are targets).
+
+    Returns:
+        scalar loss.
+
+    Raises:
+        ValueError: when the lists differ in length or are empty.
+    """
+    if len(fake_features) != len(real_features) or not len(fake_features):
+        raise ValueError(f"feature lists of {len(fake_features)} and {len(real_features)} layers.")
+    return torch.stack([(f - r).abs().mean() for f, r in zip(fake_features, real_features, strict=True)]).mean()
 
 
 def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:

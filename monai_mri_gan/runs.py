@@ -24,7 +24,7 @@ import monai
 import torch
 
 from .data import SliceCohort
-from .networks import SliceDiscriminator, SliceGenerator
+from .networks import LesionPainterDiscriminator, LesionPainterGenerator, SliceDiscriminator, SliceGenerator
 from .utils import replace_atomically
 from .version import __version__
 
@@ -46,12 +46,14 @@ __all__ = [
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 
-FAMILIES = ("whole_slice",)
+FAMILIES = ("whole_slice", "lesion_painter")
 """The GAN families a run record may name."""
 
 NETWORKS: dict[str, type[torch.nn.Module]] = {
     "monai_mri_gan.networks.SliceGenerator": SliceGenerator,
     "monai_mri_gan.networks.SliceDiscriminator": SliceDiscriminator,
+    "monai_mri_gan.networks.LesionPainterGenerator": LesionPainterGenerator,
+    "monai_mri_gan.networks.LesionPainterDiscriminator": LesionPainterDiscriminator,
 }
 """Network classes a record may name; anything else is refused, never imported by name from a checkpoint."""
 
@@ -87,6 +89,8 @@ class RunRecord:
         slicing: the slicing settings (:func:`~monai_mri_gan.data.slice_transforms` arguments but ``image_size``).
         class_names: names of the classes, in label order.
         settings: further plain settings worth keeping with the weights (seed, epochs, loss, learning rate...).
+        painting: the lesion painter's conditioning (``label_values``, ``crop_size``, ``dilate_px``, ``band_px``),
+            which synthesis must reproduce; None for other families.
 
     Raises:
         ValueError: on an unknown family, a network without recorded arguments or not in :data:`NETWORKS`.
@@ -94,7 +98,7 @@ class RunRecord:
 
     def __init__(self, family: str = "whole_slice", networks: Mapping[str, torch.nn.Module] | None = None,
                  slicing: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
-                 settings: Mapping[str, Any] | None = None) -> None:
+                 settings: Mapping[str, Any] | None = None, painting: Mapping[str, Any] | None = None) -> None:
         if family not in FAMILIES:
             raise ValueError(f"unknown GAN family {family!r}; known: {FAMILIES}.")
         specs = {}
@@ -113,6 +117,7 @@ class RunRecord:
             "class_names": _plain(list(class_names or [])),
             "slicing": _plain(dict(slicing or {})),
             "settings": _plain(dict(settings or {})),
+            "painting": _plain(dict(painting)) if painting is not None else None,
             "versions": _plain({"monai_mri_gan": __version__, "monai": monai.__version__, "torch": torch.__version__}),
         }
 

@@ -147,7 +147,7 @@ def drive(saver: BestCheckpointSaver, values: list[float], name: str) -> list[in
     saver.attach(engine)
     stored: list[int | None] = []
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: stored.append(
-        torch.load(saver.checkpoint_path, weights_only=True)["metric"]["epoch"] if saver.checkpoint_path.exists()
+        torch.load(saver.ckpt_path, weights_only=True)["metric"]["epoch"] if saver.ckpt_path.exists()
         else None))
     engine.run([0], max_epochs=len(values))
     return stored

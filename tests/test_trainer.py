@@ -96,7 +96,7 @@ def test_auxiliary_class_losses(monkeypatch):
     real_step = trainer.discriminate
 
     def spy(images, labels):
-        out = real_step(images, labels)
+        out = real_step(images, labels).float()
         logits, classes = out[:, 0], out[:, 1:]
         seen.append((logits.detach(), classes.detach(), labels))
         return out
@@ -135,7 +135,7 @@ def test_mode_seeking_term(monkeypatch):
 
     def discriminate(images, labels):
         out = real_discriminate(images, labels)
-        seen["logits"] = out.reshape(-1).detach()
+        seen["logits"] = out.float().reshape(-1).detach()
         return out
 
     monkeypatch.setattr(trainer, "generate", generate)

@@ -13,11 +13,13 @@ from .datasets import (
 )
 from .demo import DEMO_CLASSES, demo_cohort, make_demo_cohort, render_demo_figure
 from .discovery import build_datalist, discover_volumes, load_datalist, resolve_datalist, subject_id
+from .lesion_crops import LesionCrops
 from .readers import SimpleITKReader
 
 __all__ = [
     "DEMO_CLASSES",
     "CheckSameGridd",
+    "LesionCrops",
     "SimpleITKReader",
     "SliceCohort",
     "SliceTensorDataset",

@@ -94,7 +94,7 @@ def volume_transforms(spacing: Sequence[float] | None = None, volume_index: int 
     return chain
 
 
-def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[float] | None = None,
+def slice_transforms(image_size: int | None = 128, axis: int = 2, spacing: Sequence[float] | None = None,
                      norm_mode: str = "percentile", lower: float = 0.5, upper: float = 99.5,
                      min_foreground: float = 0.05, tumour_min_voxels: int = 1,
                      tumour_labels: Sequence[int] | None = None, drop_ambiguous: bool = False,
@@ -103,10 +103,11 @@ def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[flo
 
     :func:`volume_transforms` (load, check the mask's grid, orient to RAS, optional resampling)
     -> per-volume robust normalisation to [-1, 1] -> cut slices along ``axis`` (a list of slice items) -> fit each
-    slice to ``image_size`` x ``image_size``. Each slice keeps a full 4x4 affine.
+    slice to ``image_size`` x ``image_size`` (or keep its native size). Each slice keeps a full 4x4 affine.
 
     Args:
-        image_size: training size in pixels.
+        image_size: training size in pixels; None keeps every slice at its native resolution and size (the
+            lesion painter works on native crops).
         axis: slicing axis in RAS voxel space (2 = axial).
         spacing: optional target spacing in mm before slicing.
         norm_mode: "percentile" or "zscore".
@@ -121,14 +122,16 @@ def slice_transforms(image_size: int = 128, axis: int = 2, spacing: Sequence[flo
     Returns:
         a list of MONAI transforms, flat, so that caching datasets cache all of it.
     """
-    return [
+    chain = [
         *volume_transforms(spacing=spacing, volume_index=volume_index),
         RobustNormalised("image", mode=norm_mode, lower=lower, upper=upper),
         ExtractSlicesd(keys=("image",), label_key="label", axis=axis, min_foreground=min_foreground,
                        tumour_min_voxels=tumour_min_voxels, tumour_labels=tumour_labels,
                        drop_ambiguous=drop_ambiguous),
-        FitSliced(keys=("image",), label_key="label", spatial_size=image_size),
     ]
+    if image_size is not None:
+        chain.append(FitSliced(keys=("image",), label_key="label", spatial_size=image_size))
+    return chain
 
 
 def find_data_error(exc: BaseException) -> DataError | None:

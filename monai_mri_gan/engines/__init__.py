@@ -1,7 +1,7 @@
 """Ignite engines for GAN training and evaluation (built on ``monai.engines``)."""
 
 from .evaluator import FEATURE_SPACES, GanEvaluator, class_allocation
-from .trainer import GanOutput, SliceGanTrainer, StepLosses, prepare_slice_batch
+from .trainer import GanOutput, SliceGanTrainer, StepLosses, prepare_lesion_batch, prepare_slice_batch
 
 __all__ = [
     "FEATURE_SPACES",
@@ -10,5 +10,6 @@ __all__ = [
     "SliceGanTrainer",
     "StepLosses",
     "class_allocation",
+    "prepare_lesion_batch",
     "prepare_slice_batch",
 ]

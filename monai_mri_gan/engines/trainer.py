@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..objectives import GanObjective, StepTerms, Terms
 
-__all__ = ["GanOutput", "SliceGanTrainer", "StepLosses", "prepare_slice_batch"]
+__all__ = ["GanOutput", "SliceGanTrainer", "StepLosses", "prepare_lesion_batch", "prepare_slice_batch"]
 
 
 class GanOutput:
@@ -105,6 +105,35 @@ def prepare_slice_batch(
     if classes is not None:
         classes = torch.as_tensor(classes).as_subclass(torch.Tensor).long().reshape(-1).to(device)
     return images, classes
+
+
+def prepare_lesion_batch(
+    batchdata: dict, device: torch.device | str, non_blocking: bool = False, image_key: str = "image",
+    label_key: str = "label", **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a batch of lesion crops into ``(images (B, 1, H, W), label maps (B, 1, H, W))`` on ``device``.
+
+    The lesion painter's batch function (:class:`~monai_mri_gan.data.LesionCrops` items); the label maps are its
+    condition.
+
+    Args:
+        batchdata: a collated batch with ``image_key`` and ``label_key``.
+        device: target device.
+        non_blocking: passed to ``Tensor.to``.
+        image_key: key of the crops.
+        label_key: key of the integer label maps.
+        kwargs: further arguments of ``Tensor.to`` for the images (e.g. ``memory_format``).
+
+    Raises:
+        ValueError: when the crops and label maps are not both ``(B, 1, H, W)`` of one shape.
+    """
+    images = torch.as_tensor(batchdata[image_key]).as_subclass(torch.Tensor)
+    labels = torch.as_tensor(batchdata[label_key]).as_subclass(torch.Tensor)
+    if images.ndim != 4 or images.shape != labels.shape:
+        raise ValueError(f"expected crops and label maps shaped (B, 1, H, W) alike, got {tuple(images.shape)} and "
+                         f"{tuple(labels.shape)}.")
+    images = images.float().to(device, non_blocking=non_blocking, **kwargs)
+    return images, labels.long().to(device, non_blocking=non_blocking)
 
 
 class SliceGanTrainer(Trainer):
@@ -223,9 +252,9 @@ class SliceGanTrainer(Trainer):
         """The generator's output for ``inputs`` (through ``g_inferer``), in the training memory format."""
         return self.g_inferer(inputs[0], self.generator, *inputs[1:]).contiguous(memory_format=self.memory_format)
 
-    def discriminate(self, images: torch.Tensor, condition: Any) -> torch.Tensor:
-        """The discriminator's raw output for ``images`` under ``condition``, as float."""
-        return self._discriminator_for_step()(images, condition).float()
+    def discriminate(self, images: torch.Tensor, condition: Any) -> Any:
+        """The discriminator's raw output for ``images`` under ``condition`` (its objective reads it)."""
+        return self._discriminator_for_step()(images, condition)
 
     def _discriminator_for_step(self) -> torch.nn.Module:
         return self.discriminator

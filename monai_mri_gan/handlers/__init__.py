@@ -4,7 +4,7 @@ from .checkpoint import GanCheckpointSaver, ResumeFromCheckpoint
 from .divergence import DivergenceGuard
 from .ema import GeneratorEMA, ema_copy
 from .evaluation import BestCheckpointSaver, EvaluationReportWriter
-from .samples import SampleGridSaver, sample_grid, save_grid_png
+from .samples import PaintedGridSaver, SampleGridSaver, sample_grid, save_grid_png, tile_rows
 from .tracking import describe_tracked_run, every_n
 
 __all__ = [
@@ -14,10 +14,12 @@ __all__ = [
     "GanCheckpointSaver",
     "GeneratorEMA",
     "ResumeFromCheckpoint",
+    "PaintedGridSaver",
     "SampleGridSaver",
     "describe_tracked_run",
     "ema_copy",
     "every_n",
     "sample_grid",
     "save_grid_png",
+    "tile_rows",
 ]

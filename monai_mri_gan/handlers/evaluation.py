@@ -94,7 +94,7 @@ class BestCheckpointSaver:
     replace a better checkpoint with a worse one.
 
     Args:
-        checkpoint_path: the file (e.g. ``<output_dir>/best_checkpoint.pt``).
+        ckpt_path: the file (e.g. ``<output_dir>/best_checkpoint.pt``).
         save_dict: objects with ``state_dict()``.
         config: the run configuration (train.json's ``run_config``), stored under ``config``.
         metric_name: metric to track; None for the engine's key metric.
@@ -103,10 +103,10 @@ class BestCheckpointSaver:
         resume: start from the value recorded in an existing file.
     """
 
-    def __init__(self, checkpoint_path: str | os.PathLike, save_dict: Mapping[str, Any],
+    def __init__(self, ckpt_path: str | os.PathLike, save_dict: Mapping[str, Any],
                  config: Mapping[str, Any] | None = None, metric_name: str | None = None,
                  metric_cmp_fn: Callable[[float, float], bool] | None = None, resume: bool = True) -> None:
-        self.checkpoint_path = Path(checkpoint_path)
+        self.ckpt_path = Path(ckpt_path)
         self.save_dict = dict(save_dict)
         if config is not None:
             self.save_dict["config"] = RunRecord.from_state(config)
@@ -123,9 +123,9 @@ class BestCheckpointSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _recorded(self, name: str, space: str | None) -> float | None:
-        if not (self.resume and self.checkpoint_path.is_file()):
+        if not (self.resume and self.ckpt_path.is_file()):
             return None
-        saved = load_checkpoint(self.checkpoint_path).get("metric", {})
+        saved = load_checkpoint(self.ckpt_path).get("metric", {})
         if saved.get("name") == name and saved.get("feature_space") == space:
             self.best_epoch = saved.get("epoch")
             return float(saved["value"])
@@ -143,6 +143,6 @@ class BestCheckpointSaver:
             return
         state = {key: obj.state_dict() for key, obj in self.save_dict.items()}
         state["metric"] = {"name": name, "value": value, "epoch": int(engine.state.epoch), "feature_space": space}
-        save_checkpoint(state, self.checkpoint_path)
+        save_checkpoint(state, self.ckpt_path)
         self.best, self.best_epoch = value, int(engine.state.epoch)
-        self.logger.info("best %s = %.6g at epoch %d: saved %s", name, value, self.best_epoch, self.checkpoint_path)
+        self.logger.info("best %s = %.6g at epoch %d: saved %s", name, value, self.best_epoch, self.ckpt_path)

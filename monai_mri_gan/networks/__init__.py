@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from .discriminator import SliceDiscriminator, minibatch_stddev
 from .generator import ConditionalBatchNorm2d, SliceGenerator, feature_channels, init_dcgan_weights, seeded_latents
+from .painter import LesionPainterDiscriminator, LesionPainterGenerator
 from .recorded import RecordsArguments
 from .whole_slice import build_networks
 
 __all__ = [
     "ConditionalBatchNorm2d",
+    "LesionPainterDiscriminator",
+    "LesionPainterGenerator",
     "RecordsArguments",
     "SliceDiscriminator",
     "SliceGenerator",

@@ -1,4 +1,4 @@
-"""Intensity and slice transforms, MONAI style: array form ``X`` and dictionary form ``Xd``."""
+"""Intensity, slice and lesion transforms, MONAI style: array form ``X`` and dictionary form ``Xd``."""
 
 from .intensity import (
     NORM_META_KEYS,
@@ -9,6 +9,19 @@ from .intensity import (
     invert_normalisation,
     normalisation_stats,
     otsu_threshold,
+)
+from .lesions import (
+    BRAIN_MARGIN_MM,
+    HEAD_MARGIN_MM,
+    Lesion,
+    LesionBank,
+    PlacedLesion,
+    PlaceLesion,
+    PlaceLesiond,
+    blend_weights,
+    composite,
+    lesion_components,
+    paste_lesion,
 )
 from .slices import (
     ExtractSlices,
@@ -21,19 +34,30 @@ from .slices import (
 )
 
 __all__ = [
+    "BRAIN_MARGIN_MM",
+    "HEAD_MARGIN_MM",
     "NORM_META_KEYS",
     "ExtractSlices",
     "ExtractSlicesd",
     "FitSlice",
     "FitSliced",
     "HeadForegroundMask",
+    "Lesion",
+    "LesionBank",
+    "PlaceLesion",
+    "PlaceLesiond",
+    "PlacedLesion",
     "RobustNormalise",
     "RobustNormalised",
+    "blend_weights",
+    "composite",
     "cut_slice",
     "cut_slices",
     "head_foreground",
     "invert_normalisation",
+    "lesion_components",
     "normalisation_stats",
     "otsu_threshold",
+    "paste_lesion",
     "slice_to_volume_transform",
 ]

@@ -1,0 +1,724 @@
+"""Lesion transforms: a bank of real tumour lesions, their random placement into healthy slices, and compositing.
+
+The lesion painter (and the copy-paste comparator it has to beat, TumorCP-style) works on a healthy base slice at its
+native resolution. :class:`LesionBank` cuts every connected tumour component out of training slices, with its
+in-plane spacing; :class:`PlaceLesion` (and :class:`PlaceLesiond`) draws one, resamples it to the base slice's
+spacing so it keeps its size in millimetres, rotates, flips, scales and deforms it (labels by nearest neighbour, the
+image bilinearly, one sampling grid for both), and puts it where it and its blend band lie inside the head, at least
+``skull_margin_mm`` from its edge. :func:`blend_weights` is the region a painter may change around a placed lesion,
+and :func:`composite` / :func:`paste_lesion` put painted (or copied) intensities there and nowhere else.
+
+Distances, dilations, hole filling and connected components are computed with torch (max filters and a separable,
+window-limited Euclidean distance transform), so nothing here needs scipy, and :func:`blend_weights` runs batched on
+any device without a host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import GaussianSmooth, MapTransform, Randomizable, Resample, Transform
+from monai.transforms.utils import create_grid
+from monai.utils import TransformBackends, convert_to_dst_type
+
+from ..errors import DataError
+from .intensity import head_foreground
+
+__all__ = [
+    "BRAIN_MARGIN_MM",
+    "HEAD_MARGIN_MM",
+    "Lesion",
+    "LesionBank",
+    "PlaceLesion",
+    "PlaceLesiond",
+    "PlacedLesion",
+    "blend_weights",
+    "composite",
+    "lesion_components",
+    "paste_lesion",
+]
+
+#: Default least distance (mm) between a lesion's blend band and the edge of a brain mask.
+BRAIN_MARGIN_MM = 8.0
+#: Default least distance (mm) from the edge of a head mask: scalp, skull and muscle of a T1 that keeps its skull.
+HEAD_MARGIN_MM = 24.0
+
+
+def _max_filter3(x: torch.Tensor, cross: bool) -> torch.Tensor:
+    """Maximum over each pixel's 3x3 neighbourhood (``cross``: its 4-neighbourhood) of ``(N, 1, H, W)`` values >= 0."""
+    if not cross:
+        return F.max_pool2d(x, 3, stride=1, padding=1)
+    padded = F.pad(x, (1, 1, 1, 1))
+    shifted = (padded[..., 1:-1, :-2], padded[..., 1:-1, 2:], padded[..., :-2, 1:-1], padded[..., 2:, 1:-1])
+    out = x
+    for s in shifted:
+        out = torch.maximum(out, s)
+    return out
+
+
+def _spread(seeds: torch.Tensor, within: torch.Tensor, cross: bool) -> torch.Tensor:
+    """Propagate the largest seed value through each connected region of ``within`` until nothing changes."""
+    while True:
+        grown = torch.where(within, _max_filter3(seeds, cross), 0.0)
+        if torch.equal(grown, seeds):
+            return seeds
+        seeds = grown
+
+
+def _component_ids(mask: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` float64 map: each 8-connected component of ``mask`` carries one id (> 0), the background 0."""
+    height, width = mask.shape
+    ids = torch.arange(1, height * width + 1, dtype=torch.float64).view(1, 1, height, width)
+    return _spread(torch.where(mask, ids, 0.0), mask[None, None], cross=False)[0, 0]
+
+
+def _fill_holes(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (``(H, W)`` bool) with every background region that does not reach the slice's edge filled."""
+    background = ~mask[None, None]
+    edge = torch.zeros_like(background)
+    edge[..., 0, :] = edge[..., -1, :] = True
+    edge[..., :, 0] = edge[..., :, -1] = True
+    # background is 4-connected, the complement of the 8-connected foreground: a diagonal step closes a ring
+    outside = _spread((edge & background).double(), background, cross=True) > 0
+    return ~outside[0, 0]
+
+
+def _distance_sq(mask: torch.Tensor, spacing: Sequence[float], reach: float, outside: bool) -> torch.Tensor:
+    """Squared Euclidean distance from every pixel of ``(N, 1, H, W)`` ``mask`` to its nearest True pixel.
+
+    A separable distance transform limited to a window: exact wherever the distance is at most ``reach`` (the
+    nearest True pixel then lies within ``reach`` along each axis), and larger than ``reach ** 2`` (or inf) elsewhere.
+    ``outside`` says whether the pixels beyond the slice's edge count as True.
+    """
+    cost = torch.where(mask, 0.0, math.inf).to(torch.float32)
+    for dim, step in ((3, float(spacing[1])), (2, float(spacing[0]))):
+        radius = int(reach // step)
+        if radius == 0:
+            continue
+        pad = (radius, radius, 0, 0) if dim == 3 else (0, 0, radius, radius)
+        padded = F.pad(cost, pad, value=0.0 if outside else math.inf)
+        offsets = (torch.arange(-radius, radius + 1, device=mask.device, dtype=torch.float32) * step) ** 2
+        cost = (padded.unfold(dim, 2 * radius + 1, 1) + offsets).amin(dim=-1)
+    return cost
+
+
+def _plane(x: Any) -> np.ndarray:
+    """The 2D in-plane array of a ``(H, W)``, ``(1, H, W)`` or ``(1, H, W, 1)`` slice, as numpy."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == 4:
+        arr = arr[0, :, :, 0]
+    elif arr.ndim == 3:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a (H, W), (1, H, W) or (1, H, W, 1) slice, got shape {tuple(np.shape(x))}.")
+    return arr
+
+
+def _slice_spacing(img: Any) -> tuple[float, float]:
+    """In-plane pixel spacing (mm) of a slice: the norms of the first two columns of its affine's 3x3 part."""
+    affine = getattr(img, "affine", None)
+    if affine is None:
+        raise ValueError("a slice needs its affine (a MetaTensor) to know its pixel spacing.")
+    columns = np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64)[:3, :2]
+    row_mm, col_mm = (float(v) for v in np.linalg.norm(columns, axis=0))
+    return row_mm, col_mm
+
+
+def _source_path(img: Any) -> str:
+    """The ``filename_or_obj`` of ``img``'s meta, or ``"<unknown>"``."""
+    meta = getattr(img, "meta", None) or {}
+    return str(meta.get("filename_or_obj") or "<unknown>")
+
+
+def _components(labels: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[tuple[float, tuple[slice, slice]]]]:
+    """Component ids of ``labels != 0`` and, for each component of at least ``min_voxels`` pixels, its id and box."""
+    mask = np.asarray(labels) != 0
+    ids = np.zeros(mask.shape)
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    if rows.size:
+        # labelling costs a pass per pixel of a component's extent: label the lesions' bounding box only
+        box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+        ids[box] = _component_ids(torch.as_tensor(mask[box])).numpy()
+    values, counts = np.unique(ids[ids > 0], return_counts=True)
+    found = []
+    for value in values[counts >= min_voxels]:
+        rows, cols = np.nonzero(ids == value)
+        found.append((float(value), (slice(int(rows.min()), int(rows.max()) + 1),
+                                     slice(int(cols.min()), int(cols.max()) + 1))))
+    found.sort(key=lambda item: (item[1][0].start, item[1][1].start))
+    return ids, found
+
+
+def lesion_components(labels: NdarrayOrTensor, min_voxels: int = 20) -> list[tuple[slice, slice]]:
+    """Bounding boxes of the connected components (8-connectivity) of ``labels != 0`` with at least ``min_voxels`` px.
+
+    Args:
+        labels: ``(H, W)`` label map (0 = no lesion), numpy or torch.
+        min_voxels: smaller components are left out.
+
+    Returns:
+        one ``(rows, cols)`` pair of slices per component, tight around it, ordered by their top-left corner.
+    """
+    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"expected a (H, W) label map, got shape {labels.shape}.")
+    return [box for _, box in _components(labels, int(min_voxels))[1]]
+
+
+@dataclass(frozen=True, eq=False)
+class Lesion:
+    """One tumour instance cut from a training slice, at that slice's native resolution.
+
+    Attributes:
+        labels: ``(h, w)`` int16 label map on the component's tight bounding box plus a margin; 0 outside this
+            component (other lesions of the slice are zeroed).
+        image: ``(h, w)`` float32 training-space intensities of the slice on the same box, for copy-paste.
+        spacing: the source slice's in-plane pixel spacing in mm, (rows, columns).
+        source: a caller-given id of the source slice (never a path), e.g. ``"<subject>:<slice_index>"``.
+    """
+
+    labels: np.ndarray
+    image: np.ndarray
+    spacing: tuple[float, float]
+    source: str
+
+
+@dataclass(frozen=True, eq=False)
+class PlacedLesion:
+    """A bank lesion placed into a base slice (the output of :class:`PlaceLesion`).
+
+    Attributes:
+        labels: ``(H, W)`` int16 label map on the base slice's grid, 0 away from the placed lesion.
+        image: ``(H, W)`` float32 transformed lesion intensities on the base grid, for copy-paste; meaningful only
+            where :func:`blend_weights` of ``labels`` is above 0 (where that reaches past the transformed source box,
+            the box's edge values are extended), and 0 beyond.
+        params: everything drawn, JSON-ready: ``lesion_index``, ``lesion_source``, ``angle_deg``, ``flip``,
+            ``scale``, ``elastic`` (``{"sigma_mm", "magnitude_mm", "seed"}`` or None), ``centre_px`` (where the
+            centre of the lesion's source box landed), ``bbox_px`` (``[r0, r1, c0, c1]``, half-open, of the placed
+            labels), ``source_spacing_mm``, ``base_spacing_mm`` and ``tries`` (lesions drawn until one fitted).
+    """
+
+    labels: np.ndarray
+    image: np.ndarray
+    params: dict
+
+
+class LesionBank:
+    """The lesions that :class:`PlaceLesion` draws from: real tumour components, each at its native resolution.
+
+    Args:
+        lesions: the lesions.
+
+    Raises:
+        ValueError: when ``lesions`` is empty.
+    """
+
+    def __init__(self, lesions: Sequence[Lesion]) -> None:
+        self.lesions = tuple(lesions)
+        if not self.lesions:
+            raise ValueError("the lesion bank is empty: placement needs at least one lesion (a training slice with a "
+                             "tumour mask).")
+        values = set()
+        for lesion in self.lesions:
+            values.update(int(v) for v in np.unique(lesion.labels) if v != 0)
+        self._label_values = tuple(sorted(values))
+
+    @classmethod
+    def from_slices(cls, items: Iterable[Mapping], min_voxels: int = 20, margin: int = 8, image_key: str = "image",
+                    label_key: str = "label", source_key: str | None = None) -> LesionBank:
+        """Cut every lesion (connected component of the label) out of slice items as :class:`SliceCohort` serves them.
+
+        Args:
+            items: slice items whose ``image_key`` and ``label_key`` are ``(1, H, W, 1)`` slices with a 4x4 affine
+                (``MetaTensor``); items without a label are skipped.
+            min_voxels: components with fewer pixels are left out.
+            margin: pixels kept around each component's box (clipped at the slice's edge). The default covers the
+                default blend band (2 + 4 px) of :func:`paste_lesion` even when a lesion is shrunk to 0.8 of its size.
+            image_key: key of the normalised image slice.
+            label_key: key of the label slice (integer values; 0 = no lesion).
+            source_key: key of a caller-given id of the slice; None: ``"<subject>:<slice_index>"``.
+
+        Returns:
+            the bank, lesions in the order of the items and, within a slice, of their top-left corners.
+
+        Raises:
+            ValueError: when a label is not integer-valued, a slice has no affine, or no lesion is found.
+        """
+        lesions, labelled = [], 0
+        for item in items:
+            if item.get(label_key) is None:
+                continue
+            labelled += 1
+            source = str(item[source_key]) if source_key is not None else \
+                f"{item.get('subject', '?')}:{item.get('slice_index', '?')}"
+            labels = _plane(item[label_key])
+            if not np.array_equal(labels, np.rint(labels)):
+                raise ValueError(f"{source}: the label holds non-integer values; was it interpolated other than by "
+                                 "nearest neighbour?")
+            ids, found = _components(labels, int(min_voxels))
+            if not found:
+                continue
+            image = _plane(item[image_key]).astype(np.float32)
+            spacing = _slice_spacing(item[image_key])
+            for value, (rows, cols) in found:
+                box = (slice(max(rows.start - margin, 0), rows.stop + margin),
+                       slice(max(cols.start - margin, 0), cols.stop + margin))
+                own = np.where(ids[box] == value, labels[box], 0).astype(np.int16)
+                lesions.append(Lesion(own, image[box].copy(), spacing, source))
+        if not lesions:
+            raise ValueError(f"no lesion of at least {min_voxels} pixels in the {labelled} labelled slice(s): the "
+                             "lesion bank needs slices with tumour masks.")
+        return cls(lesions)
+
+    def __len__(self) -> int:
+        return len(self.lesions)
+
+    def __getitem__(self, index: int) -> Lesion:
+        return self.lesions[index]
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        """The sorted non-zero label values found in the bank, e.g. ``(1, 2, 4)`` for BraTS."""
+        return self._label_values
+
+
+def _range(value: float | Sequence[float]) -> tuple[float, float]:
+    """A ``(low, high)`` range from a symmetric half-width or a pair."""
+    if isinstance(value, (int, float)):
+        return -abs(float(value)), abs(float(value))
+    low, high = (float(v) for v in value)
+    if low > high:
+        raise ValueError(f"a range must be (low, high) with low <= high, got {tuple(value)}.")
+    return low, high
+
+
+class _Room:
+    """Where a support (a lesion and its blend band) may go: every corner that puts it on allowed pixels only.
+
+    Args:
+        allowed: ``(H, W)`` bool mask of the pixels the support may cover.
+    """
+
+    def __init__(self, allowed: torch.Tensor) -> None:
+        self.shape = tuple(allowed.shape)
+        rows, cols = torch.nonzero(allowed.any(1)), torch.nonzero(allowed.any(0))
+        self.extent = (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) if len(rows) else (0, 0)
+        # correlating the forbidden pixels with the support counts, for every corner at once, what it would cover
+        self.forbidden = torch.fft.rfft2((~allowed).double())
+
+    def corners(self, support: np.ndarray) -> torch.Tensor:
+        """``(K, 2)`` top-left corners where every pixel of ``support`` lands on an allowed pixel."""
+        h, w = support.shape
+        if h > self.extent[0] or w > self.extent[1]:
+            return torch.zeros((0, 2), dtype=torch.long)
+        height, width = self.shape
+        kernel = torch.fft.rfft2(torch.as_tensor(support, dtype=torch.float64), s=self.shape)
+        hits = torch.fft.irfft2(self.forbidden * kernel.conj(), s=self.shape)[: height - h + 1, : width - w + 1]
+        return torch.nonzero(hits < 0.5)
+
+
+class PlaceLesion(Randomizable, Transform):
+    """Place a random bank lesion into a base slice, rotated, flipped, scaled and deformed, well inside the head.
+
+    The lesion is resampled from its own spacing to the base slice's (it keeps its size in mm), flipped (columns
+    mirrored), rotated about its box centre, scaled, and optionally deformed by a smooth random displacement field:
+    one sampling grid, nearest neighbour for the labels (no interpolated label values) and bilinear for the image.
+    It is then put at a position drawn uniformly among those where every pixel of positive :func:`blend_weights`
+    (the lesion dilated by ``dilate_px`` plus its ``band_px`` band) lies inside ``foreground`` eroded by
+    ``skull_margin_mm``. When no position fits, another lesion and transform are drawn, up to ``max_tries`` times.
+
+    An angle ``a`` moves a point at offset ``(r, c)`` from the centre to ``(r cos a - c sin a, r sin a + c cos a)``: 90
+    degrees is ``numpy.rot90`` with ``k=1`` (at equal spacing). The elastic field is uniform noise in [-1, 1] smoothed
+    by a Gaussian (as MONAI's ``Rand3DElastic`` draws it, in 2D), rescaled so that its largest displacement is the
+    drawn magnitude: magnitudes are millimetres, not multipliers.
+
+    Args:
+        bank: the lesions to draw from.
+        rotate_range: angles (radians) are drawn uniformly from ``[-rotate_range, rotate_range]``, or from
+            ``(low, high)`` when a pair is given.
+        flip_prob: probability of mirroring the lesion.
+        scale_range: ``(low, high)``; the scale factor (per side) is drawn log-uniformly from it.
+        elastic_prob: probability of an elastic deformation.
+        elastic_sigma_range: ``(low, high)`` smoothness (Gaussian sigma, mm) of the displacement field.
+        elastic_magnitude_range: ``(low, high)`` largest displacement (mm) of the field.
+        skull_margin_mm: least distance (mm) between the lesion's blend band and the foreground's edge.
+        band_px: width of the blend band (see :func:`blend_weights`).
+        max_tries: lesions (with their transforms) drawn before giving up.
+        dilate_px: dilation of the lesion before the band (see :func:`blend_weights`).
+
+    Raises:
+        ValueError: on an empty range, a probability outside [0, 1], a non-positive scale or ``max_tries`` < 1.
+    """
+
+    backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
+
+    def __init__(self, bank: LesionBank, rotate_range: float | Sequence[float] = math.pi, flip_prob: float = 0.5,
+                 scale_range: tuple[float, float] = (0.8, 1.25), elastic_prob: float = 0.5,
+                 elastic_sigma_range: tuple[float, float] = (5.0, 7.0),
+                 elastic_magnitude_range: tuple[float, float] = (1.0, 3.0), skull_margin_mm: float = BRAIN_MARGIN_MM,
+                 band_px: int = 4, max_tries: int = 100, dilate_px: int = 2) -> None:
+        self.bank = bank
+        self.rotate_range = _range(rotate_range)
+        self.scale_range = _range(scale_range)
+        self.elastic_sigma_range = _range(elastic_sigma_range)
+        self.elastic_magnitude_range = _range(elastic_magnitude_range)
+        if not (0.0 <= flip_prob <= 1.0 and 0.0 <= elastic_prob <= 1.0):
+            raise ValueError(f"flip_prob and elastic_prob must be in [0, 1], got {flip_prob} and {elastic_prob}.")
+        if self.scale_range[0] <= 0 or self.elastic_sigma_range[0] <= 0 or self.elastic_magnitude_range[0] < 0:
+            raise ValueError("scales and elastic sigmas must be positive and elastic magnitudes non-negative.")
+        if max_tries < 1 or band_px < 0 or dilate_px < 0 or skull_margin_mm < 0:
+            raise ValueError("max_tries must be at least 1, and band_px, dilate_px and skull_margin_mm non-negative.")
+        self.flip_prob = float(flip_prob)
+        self.elastic_prob = float(elastic_prob)
+        self.skull_margin_mm = float(skull_margin_mm)
+        self.band_px = int(band_px)
+        self.dilate_px = int(dilate_px)
+        self.max_tries = int(max_tries)
+        self._draw: dict[str, Any] | None = None
+        self._corner: tuple[int, int] | None = None
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw a lesion and its transform (not its position, which depends on the base slice)."""
+        index = int(self.R.randint(len(self.bank)))
+        angle = float(self.R.uniform(*self.rotate_range))
+        flip = bool(self.R.rand() < self.flip_prob)
+        scale = float(np.exp(self.R.uniform(*np.log(self.scale_range))))
+        elastic = None
+        if self.R.rand() < self.elastic_prob:
+            elastic = {"sigma_mm": float(self.R.uniform(*self.elastic_sigma_range)),
+                       "magnitude_mm": float(self.R.uniform(*self.elastic_magnitude_range)),
+                       "seed": int(self.R.randint(2**31 - 1))}
+        self._draw = {"lesion_index": index, "angle_deg": math.degrees(angle), "flip": flip, "scale": scale,
+                      "elastic": elastic}
+
+    def _allowed(self, foreground: np.ndarray, spacing: tuple[float, float]) -> torch.Tensor:
+        """Pixels of ``foreground`` farther than ``skull_margin_mm`` from its edge (the slice's edge included)."""
+        mask = torch.as_tensor(foreground, dtype=torch.bool)[None, None]
+        reach = self.skull_margin_mm
+        return (_distance_sq(~mask, spacing, reach, outside=True) > reach**2)[0, 0] & mask[0, 0]
+
+    def _transform(self, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """The drawn lesion on a canvas of the base grid: labels, image, and the canvas pixel of its box centre.
+
+        The canvas is cropped to the labels' box widened by ``dilate_px + band_px`` (the reach of the blend weights).
+        """
+        draw = self._draw
+        lesion = self.bank[draw["lesion_index"]]
+        # odd sides put the box centre on a pixel centre, so that quarter turns map pixels onto pixels exactly
+        height, width = (n + 1 - n % 2 for n in lesion.labels.shape)
+        source = np.zeros((2, height, width), np.float32)
+        source[0, : lesion.labels.shape[0], : lesion.labels.shape[1]] = lesion.labels
+        source[1, : lesion.labels.shape[0], : lesion.labels.shape[1]] = lesion.image
+        angle = math.radians(draw["angle_deg"])
+        forward = draw["scale"] * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        if draw["flip"]:
+            forward = forward @ np.diag([1.0, -1.0])
+        src_mm, base_mm = np.asarray(lesion.spacing), np.asarray(spacing)
+        # output pixel offset q (base grid) -> source pixel offset: undo the base spacing, the transform, the source's
+        to_source = np.diag(1 / src_mm) @ np.linalg.inv(forward) @ np.diag(base_mm)
+        magnitude = draw["elastic"]["magnitude_mm"] if draw["elastic"] else 0.0
+        radius_mm = draw["scale"] * math.hypot(height * src_mm[0], width * src_mm[1]) / 2 + magnitude
+        reach = self.dilate_px + self.band_px
+        half = [int(math.ceil(radius_mm / s)) + reach + 1 for s in base_mm]
+        shape = (2 * half[0] + 1, 2 * half[1] + 1)
+        grid = create_grid(shape, backend=TransformBackends.TORCH, dtype=torch.float64)
+        points = grid[:2]
+        if draw["elastic"]:
+            points = points + self._displacement(shape, base_mm, draw["elastic"])
+        grid[:2] = torch.einsum("ij,jhw->ihw", torch.as_tensor(to_source), points)
+        labels = Resample(mode="nearest", padding_mode="zeros")(torch.as_tensor(source[:1]), grid)[0].numpy()
+        # border padding: where the source box ends inside the band, its edge tissue is a better guess than 0
+        image = Resample(mode="bilinear", padding_mode="border")(torch.as_tensor(source[1:]), grid)[0].numpy()
+        labels = np.rint(labels).astype(np.int16)
+        rows, cols = np.nonzero(labels)
+        if not rows.size:
+            return labels[:0, :0], image[:0, :0], (0, 0)
+        r0, c0 = rows.min() - reach, cols.min() - reach
+        box = (slice(r0, rows.max() + reach + 1), slice(c0, cols.max() + reach + 1))
+        return labels[box], image[box].astype(np.float32), (half[0] - int(r0), half[1] - int(c0))
+
+    @staticmethod
+    def _displacement(shape: tuple[int, int], spacing: np.ndarray, elastic: Mapping[str, Any]) -> torch.Tensor:
+        """The elastic displacement field ``(2, *shape)`` in base pixels; its largest length is the magnitude in mm."""
+        noise = np.random.RandomState(elastic["seed"]).uniform(-1.0, 1.0, (2, *shape)).astype(np.float32)
+        field = GaussianSmooth(sigma=tuple(elastic["sigma_mm"] / spacing))(torch.as_tensor(noise)).double()
+        longest = torch.sqrt((field**2).sum(0)).max().clamp_min(1e-12)
+        field = field * (elastic["magnitude_mm"] / longest)
+        return field / torch.as_tensor(spacing, dtype=torch.float64).view(2, 1, 1)
+
+    def __call__(self, foreground: NdarrayOrTensor, spacing: Sequence[float], randomize: bool = True) -> PlacedLesion:
+        """Place a lesion into a base slice.
+
+        Args:
+            foreground: ``(H, W)`` bool mask of the head (or brain) of the base slice.
+            spacing: the base slice's in-plane pixel spacing in mm, (rows, columns).
+            randomize: draw a new lesion, transform and position; False places the last drawn one again, at the
+                same position.
+
+        Returns:
+            the placed lesion on the base grid, with everything drawn in its ``params``.
+
+        Raises:
+            ValueError: when no drawn lesion fits after ``max_tries`` tries (or the last placement does not fit this
+                foreground, with ``randomize=False``), naming the sizes involved.
+        """
+        foreground = _plane(foreground).astype(bool)
+        spacing = (float(spacing[0]), float(spacing[1]))
+        if min(spacing) <= 0:
+            raise ValueError(f"spacing must be positive, got {spacing}.")
+        shape = f"{foreground.shape[0]}x{foreground.shape[1]}"
+        allowed = self._allowed(foreground, spacing)
+        room = _Room(allowed)
+        where = f"inside the foreground of this {shape} slice eroded by {self.skull_margin_mm:g} mm"
+        if not bool(allowed.any()):
+            raise ValueError(f"no room for a lesion: no pixel is left {where} ({int(foreground.sum())} foreground px).")
+        if not randomize:
+            if self._draw is None or self._corner is None:
+                raise ValueError("randomize=False repeats the last placement, but nothing has been placed yet.")
+            labels, image, centre = self._transform(spacing)
+            corners = room.corners(blend_weights(labels, self.dilate_px, self.band_px) > 0)
+            if not bool((corners == torch.as_tensor(self._corner)).all(dim=1).any()):
+                raise ValueError(f"the last placement does not fit {where}.")
+            return self._placed(labels, image, centre, foreground.shape, spacing, tries=1)
+        smallest = None
+        for tries in range(1, self.max_tries + 1):
+            self.randomize()
+            labels, image, centre = self._transform(spacing)
+            if not labels.size:
+                continue
+            support = blend_weights(labels, self.dilate_px, self.band_px) > 0
+            corners = room.corners(support)
+            if len(corners):
+                self._corner = tuple(int(v) for v in corners[int(self.R.randint(len(corners)))])
+                return self._placed(labels, image, centre, foreground.shape, spacing, tries)
+            if smallest is None or support.size < smallest[0] * smallest[1]:
+                smallest = support.shape
+        size = "" if smallest is None else f" (the smallest, with its blend band, {smallest[0]}x{smallest[1]} px)"
+        raise ValueError(f"no room for any of {self.max_tries} lesions tried{size} {where}; "
+                         f"{int(allowed.sum())} px are left there.")
+
+    def _placed(self, labels: np.ndarray, image: np.ndarray, centre: tuple[int, int], shape: tuple[int, int],
+                spacing: tuple[float, float], tries: int) -> PlacedLesion:
+        """Put the cropped canvas at the chosen corner of a base-sized grid and record the parameters."""
+        r0, c0 = self._corner
+        h, w = labels.shape
+        placed_labels = np.zeros(shape, np.int16)
+        placed_image = np.zeros(shape, np.float32)
+        placed_labels[r0 : r0 + h, c0 : c0 + w] = labels
+        placed_image[r0 : r0 + h, c0 : c0 + w] = image
+        rows, cols = np.nonzero(placed_labels)
+        lesion = self.bank[self._draw["lesion_index"]]
+        params = {
+            **self._draw,
+            "lesion_source": lesion.source,
+            "centre_px": [r0 + centre[0], c0 + centre[1]],
+            "bbox_px": [int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1],
+            "source_spacing_mm": [float(s) for s in lesion.spacing],
+            "base_spacing_mm": list(spacing),
+            "tries": tries,
+        }
+        return PlacedLesion(placed_labels, placed_image, deepcopy(params))
+
+
+class PlaceLesiond(Randomizable, MapTransform):
+    """Dictionary-based :py:class:`PlaceLesion`: place a bank lesion into a slice item and write its label map.
+
+    The first present key of ``keys`` is the base slice, ``(1, H, W, 1)`` with its 4x4 affine; its spacing comes from
+    the affine. The placement region is ``foreground_key``'s mask when given (a brain mask), else the base slice's
+    head: its Otsu :func:`~monai_mri_gan.transforms.head_foreground` with the holes filled. Lesions the item already
+    carries in ``label_key`` are kept, and new ones placed away from them (they are taken out of the region).
+
+    The default margin depends on the region. From a brain mask, 8 mm keeps a lesion's band off the skull. From the
+    head mask of a T1 that still has its skull, scalp, skull and temporal muscle lie between the head's edge and the
+    brain: 15-24 mm in-plane at the levels where tumours sit in the demo phantom (more where a slice cuts the top or
+    the base of the skull tangentially), so the default is 24 mm there. Pass a brain mask where one exists.
+
+    Writes ``label_key`` (the placed label map over any existing one, int16) and ``lesion_image_key`` (the transformed
+    lesion intensities, float32), both ``(1, H, W, 1)`` ``MetaTensor`` with a copy of the base slice's affine and meta,
+    and ``placement_key``: the drawn parameters (see :py:class:`PlacedLesion`).
+
+    Args:
+        bank: the lesions to draw from.
+        keys: key(s) of the base slice; the first present one is used.
+            See also: :py:class:`monai.transforms.compose.MapTransform`
+        label_key: where the label map goes.
+        lesion_image_key: where the transformed lesion intensities go (for copy-paste).
+        foreground_key: key of a ``(1, H, W, 1)`` (or ``(H, W)``) mask of where lesions may go, e.g. a brain mask;
+            None: the base slice's filled head mask.
+        placement_key: where the drawn parameters go.
+        rotate_range: see :py:class:`PlaceLesion`.
+        flip_prob: see :py:class:`PlaceLesion`.
+        scale_range: see :py:class:`PlaceLesion`.
+        elastic_prob: see :py:class:`PlaceLesion`.
+        elastic_sigma_range: see :py:class:`PlaceLesion`.
+        elastic_magnitude_range: see :py:class:`PlaceLesion`.
+        skull_margin_mm: see :py:class:`PlaceLesion`; None: 8 mm with ``foreground_key``, 24 mm from the head mask.
+        band_px: see :py:class:`PlaceLesion`.
+        max_tries: see :py:class:`PlaceLesion`.
+        dilate_px: see :py:class:`PlaceLesion`.
+        allow_missing_keys: don't raise exception if key is missing.
+
+    Raises:
+        DataError: naming the base slice's file, when no lesion fits into it.
+    """
+
+    backend = PlaceLesion.backend
+
+    def __init__(self, bank: LesionBank, keys: KeysCollection = "image", label_key: str = "label",
+                 lesion_image_key: str = "lesion_image", foreground_key: str | None = None,
+                 placement_key: str = "placement", rotate_range: float | Sequence[float] = math.pi,
+                 flip_prob: float = 0.5, scale_range: tuple[float, float] = (0.8, 1.25), elastic_prob: float = 0.5,
+                 elastic_sigma_range: tuple[float, float] = (5.0, 7.0),
+                 elastic_magnitude_range: tuple[float, float] = (1.0, 3.0), skull_margin_mm: float | None = None,
+                 band_px: int = 4, max_tries: int = 100, dilate_px: int = 2,
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.label_key = label_key
+        self.lesion_image_key = lesion_image_key
+        self.foreground_key = foreground_key
+        self.placement_key = placement_key
+        if skull_margin_mm is None:
+            skull_margin_mm = BRAIN_MARGIN_MM if foreground_key is not None else HEAD_MARGIN_MM
+        self.placer = PlaceLesion(bank, rotate_range, flip_prob, scale_range, elastic_prob, elastic_sigma_range,
+                                  elastic_magnitude_range, skull_margin_mm, band_px, max_tries, dilate_px)
+        self.placer.set_random_state(state=self.R)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> PlaceLesiond:
+        """Seed this transform; the wrapped :py:class:`PlaceLesion` draws from the same random state."""
+        super().set_random_state(seed, state)
+        self.placer.set_random_state(state=self.R)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw a lesion and its transform (see :py:meth:`PlaceLesion.randomize`)."""
+        self.placer.randomize(data)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Place one lesion into the item's base slice; the item is returned unchanged when no key is present."""
+        d = dict(data)
+        key = next(iter(self.key_iterator(d)), None)
+        if key is None:
+            return d
+        base = d[key]
+        if not isinstance(base, MetaTensor):
+            raise ValueError(f"{key!r} must be a (1, H, W, 1) MetaTensor slice with its affine.")
+        image = _plane(base)
+        if self.foreground_key is not None:
+            foreground = _plane(d[self.foreground_key]) != 0
+        else:
+            foreground = _fill_holes(torch.as_tensor(head_foreground(image))).numpy()
+        existing = _plane(d[self.label_key]) if d.get(self.label_key) is not None else None
+        if existing is not None:
+            foreground = foreground & (existing == 0)
+        try:
+            placed = self.placer(foreground, _slice_spacing(base))
+        except ValueError as err:
+            raise DataError(_source_path(base), f"slice {base.meta.get('slice_index', '?')}: {err}") from err
+        labels = placed.labels if existing is None else np.where(placed.labels != 0, placed.labels, existing)
+        meta = {k: v for k, v in base.meta.items() if k != "affine"}
+        for out_key, values in ((self.label_key, labels.astype(np.int16)), (self.lesion_image_key, placed.image)):
+            d[out_key] = MetaTensor(torch.as_tensor(values)[None, :, :, None].clone(), affine=base.affine.clone(),
+                                    meta=deepcopy(meta))
+        d[self.placement_key] = placed.params
+        return d
+
+
+def blend_weights(labels: NdarrayOrTensor, dilate_px: int = 2, band_px: int = 4) -> NdarrayOrTensor:
+    """The region a painter may change around lesions: 1 near them, falling linearly to exactly 0 across a band.
+
+    With ``d`` the Euclidean distance (px) from a pixel to the nearest lesion pixel (``labels != 0``), the weight is 1
+    for ``d <= dilate_px`` (the lesion dilated by a disc), ``(dilate_px + band_px + 1 - d) / (band_px + 1)`` beyond it
+    (``band_px`` pixels of partial weight along an axis), and exactly 0 from ``d >= dilate_px + band_px + 1`` on.
+
+    numpy and torch inputs go through one torch implementation (numpy on the CPU), so they agree exactly. It is an
+    exact Euclidean distance transform limited to a window of ``dilate_px + band_px`` pixels (two separable passes of
+    a minimum), batched, on the input's device, with no host synchronisation.
+
+    Args:
+        labels: ``(..., H, W)`` label maps (0 = no lesion), e.g. ``(H, W)`` or ``(B, 1, H, W)``; numpy or torch.
+        dilate_px: the lesion dilated by this many pixels has weight 1.
+        band_px: width in pixels of the band over which the weights fall to 0.
+
+    Returns:
+        float32 weights in [0, 1] of ``labels``' shape and array type (and device).
+
+    Raises:
+        ValueError: when ``labels`` has fewer than two dimensions or a width is negative.
+    """
+    if dilate_px < 0 or band_px < 0:
+        raise ValueError(f"dilate_px and band_px must be non-negative, got {dilate_px} and {band_px}.")
+    tensor = torch.as_tensor(labels if isinstance(labels, torch.Tensor) else np.ascontiguousarray(labels))
+    if tensor.ndim < 2:
+        raise ValueError(f"expected (..., H, W) label maps, got shape {tuple(tensor.shape)}.")
+    if isinstance(tensor, MetaTensor):
+        tensor = tensor.as_tensor()
+    mask = (tensor != 0).reshape(-1, 1, *tensor.shape[-2:])
+    reach = dilate_px + band_px
+    distance = torch.sqrt(_distance_sq(mask, (1.0, 1.0), reach, outside=False))
+    weights = ((reach + 1 - distance) / (band_px + 1)).clamp(0.0, 1.0).reshape(tensor.shape)
+    out, *_ = convert_to_dst_type(weights, labels, dtype=torch.float32 if isinstance(labels, torch.Tensor)
+                                  else np.float32)
+    return out
+
+
+def composite(base: NdarrayOrTensor, painted: NdarrayOrTensor, weights: NdarrayOrTensor) -> NdarrayOrTensor:
+    """``base * (1 - weights) + painted * weights``, and exactly ``base`` wherever the weight is 0.
+
+    Args:
+        base: the base image(s), numpy or torch, any shape and dtype (an integer base is rounded back to its dtype).
+        painted: the painted (or copied) intensities, broadcastable to ``base``.
+        weights: blend weights in [0, 1] (see :func:`blend_weights`), broadcastable to ``base``.
+
+    Returns:
+        the composite, of ``base``'s array type, dtype and device.
+    """
+    if isinstance(base, torch.Tensor):
+        painted = torch.as_tensor(painted, device=base.device)
+        weights = torch.as_tensor(weights, device=base.device)
+        if base.is_floating_point():
+            blended = (base * (1 - weights) + painted * weights).to(base.dtype)
+        else:
+            info = torch.iinfo(base.dtype)
+            blended = (base.double() * (1 - weights.double()) + painted.double() * weights.double())
+            blended = blended.round().clamp(info.min, info.max).to(base.dtype)
+        return torch.where(weights > 0, blended, base)
+    base = np.asarray(base)
+    painted = np.asarray(painted.detach().cpu() if isinstance(painted, torch.Tensor) else painted)
+    weights = np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights)
+    if np.issubdtype(base.dtype, np.floating):
+        blended = (base * (1 - weights) + painted * weights).astype(base.dtype)
+    else:
+        info = np.iinfo(base.dtype)
+        blended = base.astype(np.float64) * (1 - weights.astype(np.float64)) + painted * weights.astype(np.float64)
+        blended = np.clip(np.rint(blended), info.min, info.max).astype(base.dtype)
+    return np.where(weights > 0, blended, base)
+
+
+def paste_lesion(base: NdarrayOrTensor, placed: PlacedLesion, dilate_px: int = 2, band_px: int = 4) -> NdarrayOrTensor:
+    """Copy-paste a placed lesion into a base slice (the TumorCP-style comparator of the lesion painter).
+
+    Args:
+        base: ``(H, W)`` base slice in training space.
+        placed: a lesion placed on the base slice's grid by :py:class:`PlaceLesion`.
+        dilate_px: see :func:`blend_weights`.
+        band_px: see :func:`blend_weights`.
+
+    Returns:
+        :func:`composite` of ``base`` and the lesion's intensities under its blend weights; pixels outside the band
+        are exactly ``base``.
+
+    Raises:
+        ValueError: when ``base`` and the placed lesion are not on grids of the same shape.
+    """
+    if tuple(base.shape) != tuple(placed.labels.shape):
+        raise ValueError(f"base shape {tuple(base.shape)} differs from the placed lesion's {placed.labels.shape}.")
+    return composite(base, placed.image, blend_weights(placed.labels, dilate_px, band_px))
