@@ -2,6 +2,7 @@
 configuration, and metadata.json against MONAI's bundle schema offline."""
 
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 from test_synthesis import CONFIGS, bundle
@@ -48,8 +49,11 @@ def test_local_schema_is_the_bundle_schema():
     assert set(schema["required"]) <= set(meta)
 
 
-def test_verify_metadata_offline(tmp_path):
-    result = bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath",
+@pytest.mark.parametrize("bundle_name", ["brain_mri_gan", "brain_tumour_painter"])
+def test_verify_metadata_offline(tmp_path, bundle_name):
+    # one copy of MONAI's schema, shipped with the first bundle, checks both bundles' metadata offline
+    metadata = CONFIGS.parents[1] / bundle_name / "configs" / "metadata.json"
+    result = bundle("verify_metadata", "--meta_file", str(metadata), "--filepath",
                     str(CONFIGS / "meta_schema.json"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr

@@ -195,6 +195,21 @@ def test_load_datalist_errors(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_datalist_class_names(tmp_path):
+    write_nifti(tmp_path / "a.nii")
+    path = tmp_path / "list.json"
+    names = ["no_tumour", "tumour"]
+    path.write_text(json.dumps([{"image": "a.nii", "class": "tumour"}, {"image": "a.nii", "class": "no_tumour"},
+                                {"image": "a.nii", "class": 1}]))
+    assert [item["class"] for item in load_datalist(path, class_names=names)] == [1, 0, 1]
+    # a hospital's own names, renamed with --class_names
+    path.write_text(json.dumps([{"image": "a.nii", "class": "glioma"}]))
+    assert load_datalist(path, class_names=["healthy", "glioma"])[0]["class"] == 1
+    with pytest.raises(DataError, match=r"unknown class 'glioma'; the classes are \['no_tumour', 'tumour'\]") as err:
+        load_datalist(path, class_names=names)
+    assert f"{path} item 0" in str(err.value)
+
+
 def test_build_datalist(tmp_path):
     with pytest.raises(ValueError, match="needs dataset_dir"):
         build_datalist()

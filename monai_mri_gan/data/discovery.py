@@ -34,6 +34,7 @@ __all__ = [
     "discover_volumes",
     "load_datalist",
     "build_datalist",
+    "class_index",
     "resolve_datalist",
 ]
 
@@ -246,23 +247,46 @@ def _read_datalist_json(datalist: PathLike, key: str) -> list:
     return content
 
 
-def load_datalist(datalist: PathLike, dataset_dir: PathLike | None = None, key: str = "training") -> list[dict]:
+def class_index(value: Any, class_names: Sequence[str] | None, where: str) -> int:
+    """A datalist item's class as an index: an integer as it is, or a class name looked up in ``class_names``.
+
+    Args:
+        value: the item's ``class``: an int, or a name such as ``"tumour"``.
+        class_names: the names in index order (a bundle's ``class_names``); None accepts integers only.
+        where: the item, for the message (e.g. ``"list.json item 3"``).
+
+    Raises:
+        DataError: on a name that is not one of ``class_names`` (the message lists them) or a value of another type.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and class_names is not None:
+        if value in class_names:
+            return list(class_names).index(value)
+        raise DataError(where, f"unknown class {value!r}; the classes are {list(class_names)} (or their indices "
+                               f"0..{len(class_names) - 1}); rename them with --class_names.")
+    raise DataError(where, f"'class' must be an integer{' or a class name' if class_names else ''}, got {value!r}.")
+
+
+def load_datalist(datalist: PathLike, dataset_dir: PathLike | None = None, key: str = "training",
+                  class_names: Sequence[str] | None = None) -> list[dict]:
     """Read a MONAI / Decathlon datalist JSON and check that every listed file exists.
 
     Args:
         datalist: the JSON file: a dict holding ``key`` -> list of items, or a bare list. Items have ``image``
-            (a file, a DICOM series folder, or a list of files), optional ``label`` and optional ``class`` (int);
-            bare strings are taken as ``{"image": ...}``.
+            (a file, a DICOM series folder, or a list of files), optional ``label`` and optional ``class`` (an
+            index, or a name of ``class_names``); bare strings are taken as ``{"image": ...}``.
         dataset_dir: base folder of relative paths; default: the folder of the JSON file.
         key: which list to read from a dict datalist, e.g. "training", "validation", "test".
+        class_names: the class names, in index order, that ``class`` may give instead of an index.
 
     Returns:
-        items with absolute paths; ``subject`` is added when missing (hash of the image path relative to the
-        base folder); a given ``subject`` and other keys are kept.
+        items with absolute paths and ``class`` as an index; ``subject`` is added when missing (hash of the image
+        path relative to the base folder); a given ``subject`` and other keys are kept.
 
     Raises:
-        DataError: unreadable JSON, missing ``key``, an item without ``image``, a non-integer ``class``, or a
-            listed file that does not exist (the message names it and the datalist).
+        DataError: unreadable JSON, missing ``key``, an item without ``image``, a ``class`` that is neither an index
+            nor a known name, or a listed file that does not exist (the message names it and the datalist).
     """
     base = Path(dataset_dir) if dataset_dir is not None else Path(datalist).resolve().parent
     items = []
@@ -274,8 +298,8 @@ def load_datalist(datalist: PathLike, dataset_dir: PathLike | None = None, key: 
         for field in ("image", "label"):
             if field in item:
                 item[field] = _resolve(item[field], base, datalist, index, field)
-        if "class" in item and (isinstance(item["class"], bool) or not isinstance(item["class"], int)):
-            raise DataError(datalist, f"item {index}: 'class' must be an integer, got {item['class']!r}.")
+        if "class" in item:
+            item["class"] = class_index(item["class"], class_names, f"{datalist} item {index}")
         if "subject" not in item:
             images = item["image"] if isinstance(item["image"], list) else [item["image"]]
             item["subject"] = subject_id(*(_relative(p, base) for p in images))
@@ -288,6 +312,7 @@ def build_datalist(
     datalist: PathLike | None = None,
     key: str = "training",
     on_error: str = "raise",
+    class_names: Sequence[str] | None = None,
 ) -> list[dict]:
     """Build the list of volumes to train on: from a datalist JSON when given, else by searching a folder.
 
@@ -296,6 +321,7 @@ def build_datalist(
         datalist: a datalist JSON (:func:`load_datalist`); takes precedence over searching ``dataset_dir``.
         key: which list of the datalist to read.
         on_error: "raise" or "skip", for :func:`discover_volumes`.
+        class_names: class names a datalist's ``class`` may give (see :func:`load_datalist`).
 
     Returns:
         the datalist items.
@@ -305,14 +331,15 @@ def build_datalist(
         DataError: see :func:`load_datalist` and :func:`discover_volumes`.
     """
     if datalist is not None:
-        return load_datalist(datalist, dataset_dir=dataset_dir, key=key)
+        return load_datalist(datalist, dataset_dir=dataset_dir, key=key, class_names=class_names)
     if dataset_dir is None:
         raise ValueError("build_datalist needs dataset_dir (a folder to search) or datalist (a JSON file).")
     return discover_volumes(dataset_dir, on_error=on_error)
 
 
 def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
-                     key: str = "training", on_error: str = "raise", demo_seed: int = 0) -> list[dict]:
+                     key: str = "training", on_error: str = "raise", demo_seed: int = 0,
+                     class_names: Sequence[str] | None = None) -> list[dict]:
     """The datalist a bundle runs on: the user's datalist or folder, or else the embedded demo cohort.
 
     Args:
@@ -322,6 +349,7 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str
         key: the datalist section to read.
         on_error: "raise" or "skip" bad inputs found while searching a folder.
         demo_seed: seed of the demo cohort used when neither ``dataset_dir`` nor ``datalist`` is given.
+        class_names: class names a datalist's ``class`` may give instead of an index (a bundle's ``class_names``).
 
     Returns:
         datalist items with ``image``, optional ``label`` and ``class``, and a pseudonymous ``subject``.
@@ -330,4 +358,5 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str
         path = demo_cohort(seed=demo_seed)
         logger.info("no dataset_dir or datalist given: using the embedded demo cohort at %s", path.parent)
         return load_datalist(path)
-    return build_datalist(dataset_dir=dataset_dir, datalist=datalist, key=key, on_error=on_error)
+    return build_datalist(dataset_dir=dataset_dir, datalist=datalist, key=key, on_error=on_error,
+                          class_names=class_names)
