@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["DataError", "ErrorPolicy", "SubjectLeakageError", "TrainingDiverged"]
+__all__ = ["DataError", "ErrorPolicy", "SubjectLeakageError", "RunMismatchError", "TrainingDiverged"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +75,7 @@ class ErrorPolicy:
 
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss; the message names the iteration and the last good checkpoint."""
+
+
+class RunMismatchError(RuntimeError):
+    """A training folder holds a run of other data or settings than the one asked to resume it."""

@@ -13,6 +13,8 @@ the versions of the software that wrote it. Its state is plain JSON-like values,
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import re
@@ -24,6 +26,7 @@ import monai
 import torch
 
 from .data import SliceCohort
+from .errors import RunMismatchError
 from .networks import LesionPainterDiscriminator, LesionPainterGenerator, SliceDiscriminator, SliceGenerator
 from .utils import replace_atomically
 from .version import __version__
@@ -35,16 +38,21 @@ __all__ = [
     "RandomState",
     "RunRecord",
     "build_network",
+    "check_fingerprint",
     "cohort_from_record",
     "generator_from_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "resolve_checkpoint",
+    "run_fingerprint",
     "run_record",
     "save_checkpoint",
 ]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
+FINGERPRINT_FILE = "run_fingerprint.json"
+
+logger = logging.getLogger(__name__)
 
 FAMILIES = ("whole_slice", "lesion_painter")
 """The GAN families a run record may name."""
@@ -316,3 +324,78 @@ def load_checkpoint(ckpt_path: str | os.PathLike, map_location: str | torch.devi
         FileNotFoundError: when there is no checkpoint there.
     """
     return torch.load(resolve_checkpoint(ckpt_path), map_location=map_location, weights_only=True)
+
+
+def _file_state(path: str | os.PathLike) -> list:
+    stat = os.stat(path)
+    return [os.fspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def run_fingerprint(datalist: Sequence[Mapping[str, Any]], record: RunRecord | Mapping[str, Any]) -> dict:
+    """What makes a training folder's run this run: its data (every file with its size and modification time) and
+    its run record (without ``max_epochs``, so that ``--max_epochs N`` continues a run, and without versions).
+
+    Args:
+        datalist: the resolved datalist items the run trains on.
+        record: the run record.
+
+    Returns:
+        a JSON-ready mapping with ``data`` and ``run`` entries. It names the user's files: it stays in the local run
+        folder (see the docs' privacy contract).
+    """
+    items = []
+    for item in datalist:
+        files = []
+        for key in ("image", "label"):
+            paths = item.get(key)
+            for path in paths if isinstance(paths, list | tuple) else [paths] if paths is not None else []:
+                files.append(_file_state(path))
+        items.append({"files": files, "class": item.get("class"), "subject": item.get("subject")})
+    state = RunRecord.from_state(record).state_dict()
+    run = {k: v for k, v in state.items() if k != "versions"}
+    run["settings"] = {k: v for k, v in dict(state.get("settings") or {}).items() if k != "max_epochs"}
+    return json.loads(json.dumps({"data": items, "run": run}))
+
+
+def _differences(saved: Any, current: Any, where: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(saved) | set(current), key=str):
+            found += _differences(saved.get(key), current.get(key), f"{where}.{key}" if where else str(key))
+        return found
+    if isinstance(saved, list) and isinstance(current, list) and where == "data":
+        if len(saved) != len(current):
+            return [f"data: {len(current)} volumes now, {len(saved)} in the folder's run"]
+        changed = [i for i, (a, b) in enumerate(zip(saved, current, strict=True)) if a != b]
+        return [f"data: {len(changed)} of {len(current)} volumes differ (files, sizes, dates or classes), "
+                f"the first is item {changed[0]}"] if changed else []
+    return [] if saved == current else [f"{where}: {saved!r} in the folder's run, {current!r} now"]
+
+
+def check_fingerprint(ckpt_dir: str | os.PathLike, fingerprint: Mapping[str, Any], resuming: bool,
+                      force: bool = False) -> None:
+    """Refuse to resume a training folder that holds another run; record this run's fingerprint otherwise.
+
+    Args:
+        ckpt_dir: the training output folder.
+        fingerprint: this run's :func:`run_fingerprint`.
+        resuming: whether a checkpoint of the folder is about to be restored.
+        force: resume even when the fingerprints differ (the differences are logged, the new fingerprint kept).
+
+    Raises:
+        RunMismatchError: when resuming a folder whose recorded fingerprint differs, naming what differs.
+    """
+    path = Path(ckpt_dir) / FINGERPRINT_FILE
+    current = json.loads(json.dumps(fingerprint))
+    if resuming and path.is_file():
+        differences = _differences(json.loads(path.read_text()), current)
+        if differences and not force:
+            raise RunMismatchError(
+                f"{ckpt_dir} holds the checkpoints of another run, so it will not be resumed: "
+                + "; ".join(differences[:8]) + (f" (and {len(differences) - 8} more)" if len(differences) > 8 else "")
+                + ". Train into a new --output_dir to start a new run, pass --resume false to start over in this "
+                "folder (its checkpoints are replaced), or --force_resume true to continue it with the new data "
+                "and settings.")
+        if differences:
+            logger.warning("resuming %s although its run differs: %s", ckpt_dir, "; ".join(differences))
+    replace_atomically(path, lambda handle: handle.write((json.dumps(current, indent=1) + "\n").encode()))

@@ -26,16 +26,19 @@ def _exists_error(path: Path) -> FileExistsError:
     return FileExistsError(f"{path}: exists; pass overwrite=True to replace it.")
 
 
-def stage_file(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], fsync: bool = True) -> Path:
+def stage_file(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], fsync: bool = True,
+               mode: int = 0o666) -> Path:
     """Write a file's complete content to a new hidden temporary file beside ``path``: ``.<name>.<random>.tmp``.
 
-    The temporary file is created exclusively (never an existing file) with the usual permissions (the umask's),
-    so the destination gets the same permissions as a file written directly.
+    The temporary file is created exclusively (never an existing file) with ``mode`` less the umask's bits, so by
+    default the destination gets the same permissions as a file written directly, and a secret written with
+    ``mode=0o600`` is never readable by others, not even while it is being written.
 
     Args:
         path: the final destination; its folder is created if needed.
         write: writes the content to a binary file handle.
         fsync: flush the file to disk (survives power loss; slower for many small files).
+        mode: permission bits of the new file (the umask applies).
 
     Returns:
         the temporary file, to be moved into place by :func:`commit_file`.
@@ -44,7 +47,7 @@ def stage_file(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], fsync
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
     try:
-        with open(staged, "xb") as handle:
+        with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             write(handle)
             handle.flush()
             if fsync:

@@ -59,6 +59,17 @@ def test_training_bundle_short_run(tmp_path, tiny_cohort, conditional):
     assert resumed["trainer"]["iteration"] == 3 * ckpt["trainer"]["epoch_length"]
     assert not torch.equal(resumed["generator"][next(iter(resumed["generator"]))],
                            ckpt["generator"][next(iter(ckpt["generator"]))])
+    if not conditional:
+        return
+    # another run's settings into the same folder: refused before any step, naming what differs
+    other = _bundle(*args, "--learning_rate", "0.001", cwd=tmp_path)
+    assert other.returncode != 0 and "RunMismatchError" in other.stderr
+    assert "settings.learning_rate: 0.0002 in the folder's run, 0.001 now" in other.stderr
+    assert load_checkpoint(out)["trainer"]["iteration"] == resumed["trainer"]["iteration"]
+    forced = _bundle(*args, "--learning_rate", "0.001", "--max_epochs", "4", "--force_resume", "true",
+                     cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert load_checkpoint(out)["trainer"]["iteration"] == 4 * ckpt["trainer"]["epoch_length"]
 
 
 def test_training_bundle_default_run_id(tmp_path, tiny_cohort):

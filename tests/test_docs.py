@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["index", "data", "training", "evaluation", "synthesis", "scaling", "study", "tracking", "design", "api"]
+PAGES = ["index", "data", "training", "evaluation", "synthesis", "painting", "scaling", "study", "tracking", "design",
+         "api"]
 
 
 def _build(project: Path, site: Path) -> subprocess.CompletedProcess:

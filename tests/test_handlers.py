@@ -141,3 +141,26 @@ def test_sample_grid_layout_is_radiological():
     assert grid[w + w - 1, h - 1] == u8[2, 0, 0]
     assert grid[0, h] == u8[1, h - 1, w - 1]
     assert math.isclose(grid.max(), 255) and grid.min() == 0
+
+
+def test_fingerprint_refuses_another_run_and_allows_more_epochs(tmp_path):
+    from monai_mri_gan.errors import RunMismatchError
+    from monai_mri_gan.networks import build_networks
+    from monai_mri_gan.runs import RunRecord, check_fingerprint, run_fingerprint
+
+    volume = tmp_path / "a.nii"
+    volume.write_bytes(b"0" * 10)
+    g, d = build_networks(image_size=32, latent_dim=8)
+    record = RunRecord("whole_slice", {"generator": g, "discriminator": d}, settings={"max_epochs": 2, "seed": 0})
+    datalist = [{"image": str(volume), "class": 0, "subject": "s1"}]
+    check_fingerprint(tmp_path, run_fingerprint(datalist, record), resuming=False)
+    more_epochs = RunRecord("whole_slice", {"generator": g, "discriminator": d}, settings={"max_epochs": 9, "seed": 0})
+    check_fingerprint(tmp_path, run_fingerprint(datalist, more_epochs), resuming=True)
+    other_seed = RunRecord("whole_slice", {"generator": g, "discriminator": d}, settings={"max_epochs": 2, "seed": 1})
+    with pytest.raises(RunMismatchError, match="settings.seed: 0 in the folder's run, 1 now"):
+        check_fingerprint(tmp_path, run_fingerprint(datalist, other_seed), resuming=True)
+    volume.write_bytes(b"0" * 11)  # the data changed on disk
+    with pytest.raises(RunMismatchError, match="1 of 1 volumes differ"):
+        check_fingerprint(tmp_path, run_fingerprint(datalist, record), resuming=True)
+    check_fingerprint(tmp_path, run_fingerprint(datalist, record), resuming=True, force=True)
+    check_fingerprint(tmp_path, run_fingerprint(datalist, record), resuming=True)  # the forced run is now the folder's

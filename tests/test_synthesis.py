@@ -82,7 +82,7 @@ def test_slices_geometry_dtype_and_values(tmp_path, gan, cohort):
     out = tmp_path / "out"
     synth = SliceSynthesiser(gan["run"], out, samples_per_class=6, seed=11, cohort=cohort)
     written = synth.run()
-    assert len(written) == 12 and synth.checkpoint_path == gan["checkpoint"]
+    assert len(written) == 12 and synth.ckpt_path == gan["checkpoint"]
     generator = generator_from_checkpoint(gan["checkpoint"])
     z = torch.randn(6, generator.latent_dim, generator=torch.Generator().manual_seed(11))
     formats = set()

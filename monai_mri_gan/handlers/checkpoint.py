@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-from ..runs import CHECKPOINT_PATTERN, RunRecord, latest_checkpoint, save_checkpoint
+from ..runs import CHECKPOINT_PATTERN, RunRecord, check_fingerprint, latest_checkpoint, save_checkpoint
 
 __all__ = ["GanCheckpointSaver", "ResumeFromCheckpoint"]
 
@@ -90,23 +90,31 @@ class ResumeFromCheckpoint(CheckpointLoader):
     """MONAI ``CheckpointLoader`` that resumes from the latest checkpoint of a folder, if there is one.
 
     When the folder has no checkpoint the run starts fresh. The engine keeps its configured ``max_epochs``, so a
-    larger ``max_epochs`` continues a finished run.
+    larger ``max_epochs`` continues a finished run. With a ``fingerprint`` (:func:`~monai_mri_gan.runs.run_fingerprint`)
+    a folder whose run had other data or settings is refused (:class:`~monai_mri_gan.errors.RunMismatchError`,
+    naming what differs) instead of silently continued, and the folder records this run's fingerprint.
 
     Args:
         ckpt_dir: folder to look in when the engine starts.
         load_dict: objects to restore, keyed as in the saved checkpoint.
         map_location: device to map tensors to.
         enabled: False turns resuming off (the run always starts fresh).
+        fingerprint: this run's fingerprint; None skips the check.
+        force: resume even when the folder's fingerprint differs.
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike, load_dict: dict, map_location: Any = "cpu",
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, fingerprint: Mapping[str, Any] | None = None, force: bool = False) -> None:
         super().__init__(load_path=str(ckpt_dir), load_dict=load_dict, map_location=map_location)
         self.ckpt_dir = ckpt_dir
         self.enabled = enabled
+        self.fingerprint = fingerprint
+        self.force = force
 
     def __call__(self, engine: Engine) -> None:
         found = latest_checkpoint(self.ckpt_dir) if self.enabled else None
+        if self.fingerprint is not None:
+            check_fingerprint(self.ckpt_dir, self.fingerprint, resuming=found is not None, force=self.force)
         if found is None:
             self.logger.info("no checkpoint in %s: starting a new run", self.ckpt_dir)
             return

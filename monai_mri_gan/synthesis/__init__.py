@@ -1,10 +1,14 @@
-"""Synthesis: write generated slices to NIfTI with their reference's geometry and a provenance sidecar."""
+"""Synthesis: write generated and painted slices to NIfTI with their reference's geometry and a provenance sidecar."""
 
 from .augmentation import AUGMENTED_DATALIST, build_balanced_set, synthetic_quota
+from .painter import PAINT_METHODS, LesionPainterSynthesiser
 from .provenance import (
     PHI_KEYS,
+    PROVENANCE_KEY,
     find_forbidden,
     find_phi_keys,
+    keyed_id,
+    provenance_key,
     provenance_record,
     scrub_check,
     sha256_file,
@@ -13,22 +17,26 @@ from .provenance import (
     synthetic_descrip,
     write_sidecar,
 )
-from .sampler import (
-    SliceSynthesiser,
-    as_flag,
-)
+from .sampler import SliceSynthesiser, as_flag, check_destinations, intensity_record
 from .writer import SyntheticSliceWriter, cast_to_dtype, write_synthetic_slice
 
 __all__ = [
     "AUGMENTED_DATALIST",
+    "PAINT_METHODS",
     "PHI_KEYS",
+    "PROVENANCE_KEY",
+    "LesionPainterSynthesiser",
     "SliceSynthesiser",
     "SyntheticSliceWriter",
     "as_flag",
     "build_balanced_set",
     "cast_to_dtype",
+    "check_destinations",
     "find_forbidden",
     "find_phi_keys",
+    "intensity_record",
+    "keyed_id",
+    "provenance_key",
     "provenance_record",
     "scrub_check",
     "sha256_file",

@@ -6,15 +6,22 @@ the class (or mask) it was conditioned on, and whose geometry it borrows, as a o
 source identifier and never the identifier itself. :data:`PHI_KEYS` lists DICOM keywords that must never reach an
 output: :func:`write_sidecar` refuses records that hold any of them, and :func:`scrub_check` audits written files
 for known identifier values.
+
+An unkeyed hash of a path or name can be linked back to it by anyone who can guess the name (hash the candidates and
+compare). Where a sidecar names real data, :func:`keyed_id` gives a keyed id instead (HMAC-SHA256) under a random
+key that :func:`provenance_key` keeps in the local training run folder: whoever holds the key can tell which real
+slice an output came from; nobody else can.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import hmac
 import json
 import os
 import platform
+import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,14 +32,17 @@ import nibabel
 import numpy as np
 import torch
 
-from ..utils import replace_atomically
+from ..utils import commit_file, replace_atomically, stage_file
 from ..version import __version__
 
 __all__ = [
     "NIFTI_SUFFIXES",
     "PHI_KEYS",
+    "PROVENANCE_KEY",
     "find_forbidden",
     "find_phi_keys",
+    "keyed_id",
+    "provenance_key",
     "provenance_record",
     "scrub_check",
     "sha256_file",
@@ -95,9 +105,13 @@ PHI_KEYS = (
 )
 """DICOM keywords whose values identify a patient, a visit or a site; no output may carry them."""
 
+PROVENANCE_KEY = "provenance_key"
+"""File name of the keyed ids' secret key in a training run folder (see :func:`provenance_key`)."""
+
 _PHI_KEY_SET = frozenset(PHI_KEYS)
 _SHA256_HEX = frozenset("0123456789abcdef")
 _DESCRIP_BYTES = 80
+_KEY_BYTES = 32
 
 
 def sha256_text(text: str) -> str:
@@ -123,6 +137,50 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def provenance_key(path: str | os.PathLike) -> bytes:
+    """The secret key of :func:`keyed_id`, read from ``path``, which is created the first time (never overwritten).
+
+    The key is 32 random bytes, stored as 64 hex digits and a newline in a file of mode 0600, written to a private
+    temporary file and linked into place, so two processes creating it at once end up using the same key. It
+    belongs in the local run folder (``<run>/provenance_key``) and must never be shared with the outputs it keys.
+
+    Args:
+        path: the key file.
+
+    Returns:
+        the key.
+
+    Raises:
+        ValueError: when the file exists but does not hold a key.
+    """
+    path = Path(path)
+    if not path.exists():
+        text = f"{secrets.token_hex(_KEY_BYTES)}\n".encode("ascii")
+        staged = stage_file(path, lambda handle: handle.write(text), mode=0o600)
+        try:
+            commit_file(staged, path, overwrite=False)
+        except FileExistsError:
+            pass  # created by another process in the meantime: its key is the one to use
+    text = path.read_text(encoding="ascii", errors="replace").strip()
+    if len(text) != 2 * _KEY_BYTES or not set(text) <= _SHA256_HEX:
+        raise ValueError(f"{path}: not a provenance key (expected {2 * _KEY_BYTES} lower-case hex digits).")
+    return bytes.fromhex(text)
+
+
+def keyed_id(key: bytes, *parts: str) -> str:
+    """A non-reversible id of real data (a slice, a lesion's source) that only the key's holder can link back.
+
+    Args:
+        key: the secret key (see :func:`provenance_key`).
+        parts: strings that identify the data (joined with a separator before hashing); a first part naming the
+            kind of data (e.g. ``"base_slice"``) keeps ids of different kinds apart.
+
+    Returns:
+        64 hex digits: the HMAC-SHA256 of the joined parts under ``key``.
+    """
+    return hmac.new(key, "\x1f".join(str(p) for p in parts).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def _software_versions() -> dict[str, str]:

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from ..utils import remove_staged
 from .provenance import provenance_record, sha256_file, sha256_text, sidecar_path
 from .writer import SyntheticSliceWriter
 
-__all__ = ["SliceSynthesiser", "as_flag"]
+__all__ = ["SliceSynthesiser", "as_flag", "check_destinations", "intensity_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,41 @@ def as_flag(value: bool | str, name: str = "flag") -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def check_destinations(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
+    """Refuse to start writing when an output already exists (unless ``overwrite``), so that nothing is replaced.
+
+    Args:
+        paths: every file a run will write (NIfTI files, their sidecars, masks).
+        overwrite: existing files may be replaced.
+
+    Raises:
+        FileExistsError: naming the first file that exists, when ``overwrite`` is False.
+    """
+    if overwrite:
+        return
+    for path in map(Path, paths):
+        if path.exists():
+            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it (nothing written).")
+
+
+def intensity_record(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar entry saying how a synthetic slice was mapped to its reference's intensity units and dtype.
+
+    Args:
+        meta: the normalised reference slice's meta (its ``norm_*`` keys and ``source_dtype``).
+
+    Returns:
+        ``dtype``, ``norm_mode``, ``source_low`` and ``source_high`` (the source values that ``norm_out_low`` and
+        ``norm_out_high`` map back to).
+    """
+    return {
+        "dtype": str(meta.get("source_dtype") or "float32"),
+        "norm_mode": str(meta.get("norm_mode")),
+        "source_low": float(meta["norm_in_low"]),
+        "source_high": float(meta["norm_in_high"]),
+    }
 
 
 def _file_token(name: str) -> str:
@@ -166,15 +201,15 @@ class SliceSynthesiser:
             raise ValueError("nothing to write: write_slices and stack_volume are both False.")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        self.checkpoint_path = resolve_checkpoint(ckpt_path)
+        self.ckpt_path = resolve_checkpoint(ckpt_path)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        checkpoint = load_checkpoint(self.checkpoint_path)
+        checkpoint = load_checkpoint(self.ckpt_path)
         self.record = run_record(checkpoint)
         self.use_ema = as_flag(use_ema, "use_ema")
         weights_key = "ema_generator" if self.use_ema else "generator"
         self.generator = generator_from_checkpoint(checkpoint, weights_key, device=self.device)
         del checkpoint
-        self.checkpoint_sha256 = sha256_file(self.checkpoint_path)
+        self.checkpoint_sha256 = sha256_file(self.ckpt_path)
         self.num_classes = int(self.record.get("num_classes") or 0)
         self.class_names = [str(c) for c in (self.record.get("class_names") or [])]
         self.output_dir = Path(output_dir)
@@ -337,14 +372,6 @@ class SliceSynthesiser:
                     paths.extend(self.volume_path(p["class_index"], source, n) for n in range(len(layers)))
         return paths
 
-    def _check_destinations(self, paths: list[Path]) -> None:
-        if self.overwrite:
-            return
-        for path in paths:
-            for candidate in (path, sidecar_path(path)):
-                if candidate.exists():
-                    raise FileExistsError(f"{candidate}: exists; pass overwrite=True to replace it (nothing written).")
-
     def _record(
         self, class_index: int | None, sample_index: int, count: int, reference: MetaTensor, affine: np.ndarray,
         slice_index: int, extra: Mapping[str, Any] | None = None,
@@ -372,12 +399,7 @@ class SliceSynthesiser:
                     "row": int(sample_index),
                 },
                 "reference_choice": "named" if self.reference_image is not None else "cohort",
-                "intensity": {
-                    "dtype": str(meta.get("source_dtype") or "float32"),
-                    "norm_mode": str(meta.get("norm_mode")),
-                    "source_low": float(meta["norm_in_low"]),
-                    "source_high": float(meta["norm_in_high"]),
-                },
+                "intensity": intensity_record(meta),
                 "image_size": int(self.record["image_size"]),
                 **(extra or {}),
             },
@@ -423,7 +445,7 @@ class SliceSynthesiser:
             self.samples_per_class = self._resolve_samples_per_class(samples_per_class, None)
         plans = self.plan()
         destinations = self._destinations(plans)
-        self._check_destinations(destinations)
+        check_destinations([f for p in destinations for f in (p, sidecar_path(p))], self.overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
             return self._run(plans)
