@@ -99,7 +99,7 @@ def _trainer(l1_weight=20.0, feature_matching_weight=5.0, mode_seeking_weight=1.
     return trainer, objective, images, labels
 
 
-def test_generator_terms_against_their_formulas(monkeypatch):
+def test_generator_terms_against_their_formulas(monkeypatch, one_thread):
     trainer, objective, _, _ = _trainer(steps=1)
     seen = {}
     real_discriminate = trainer.discriminate
@@ -129,7 +129,7 @@ def test_generator_terms_against_their_formulas(monkeypatch):
     assert torch.equal(fakes[hole == 0], real_crops[hole == 0])
 
 
-def test_reconstruction_learns_a_toy_lesion():
+def test_reconstruction_learns_a_toy_lesion(one_thread):
     trainer, objective, images, labels = _trainer(feature_matching_weight=0.0, mode_seeking_weight=0.0, steps=40,
                                                   lr=3e-3)
     condition = objective.condition(labels)

@@ -8,28 +8,22 @@ from typing import Any
 
 import torch
 
-from ..transforms import lesion_components
+from ..transforms import crop_plane, lesion_components, lesion_window
 
 __all__ = ["LesionCrops"]
 
 logger = logging.getLogger(__name__)
 
 
-def _window(centre: int, size: int, extent: int) -> tuple[int, int, int, int]:
-    """Source ``[start, stop)`` and destination offsets of a ``size`` window centred on ``centre`` in ``extent``."""
-    start = centre - size // 2
-    src_start, src_stop = max(start, 0), min(start + size, extent)
-    return src_start, src_stop, src_start - start, src_stop - start
-
-
 class LesionCrops(torch.utils.data.Dataset):
     """One ``crop_size`` x ``crop_size`` crop per tumour lesion (connected component) of a cohort's slices.
 
-    Each crop is centred on its lesion's bounding box, at the slice's native resolution, and holds the normalised
-    image and the whole label map of the crop (other lesions that fall inside it included, so that the painter's
-    hole covers every lesion it shows). Crops reaching past the slice are padded with the slice's background
-    (``norm_out_low``, the low end of the training space) and label 0. A lesion larger than the crop is kept,
-    cut by the crop's edge, and counted in :attr:`oversized` (a warning names the largest, to size ``crop_size``).
+    Each crop is centred on its lesion's bounding box and moved inside the slice (:func:`~monai_mri_gan.transforms.
+    lesion_window`, as synthesis and evaluation place their windows), at the slice's native resolution, and holds
+    the normalised image and the whole label map of the crop (other lesions that fall inside it included, so that
+    the painter's hole covers every lesion it shows). A slice smaller than the crop is padded with its background
+    (``norm_out_low``, the low end of the training space) and label 0. A lesion larger than the crop is kept, cut by
+    the crop's edge, and counted in :attr:`oversized` (a warning names the largest, to size ``crop_size``).
 
     Items: ``{"image": (1, S, S) float32, "label": (1, S, S) int64, "subject": str}``.
 
@@ -60,14 +54,9 @@ class LesionCrops(torch.utils.data.Dataset):
                 if max(size) > crop_size:
                     self.oversized += 1
                     largest = max(largest, size)
-                r0, r1, dr0, dr1 = _window((rows.start + rows.stop) // 2, crop_size, image.shape[0])
-                c0, c1, dc0, dc1 = _window((cols.start + cols.stop) // 2, crop_size, image.shape[1])
-                crop = torch.full((crop_size, crop_size), background)
-                crop[dr0:dr1, dc0:dc1] = image[r0:r1, c0:c1]
-                crop_label = torch.zeros((crop_size, crop_size), dtype=torch.long)
-                crop_label[dr0:dr1, dc0:dc1] = label[r0:r1, c0:c1]
-                images.append(crop)
-                labels.append(crop_label)
+                start = lesion_window([rows.start, rows.stop, cols.start, cols.stop], crop_size, image.shape)
+                images.append(crop_plane(image, start, (crop_size, crop_size), background))
+                labels.append(crop_plane(label, start, (crop_size, crop_size), 0))
                 self.subjects.append(str(item.get("subject", "")))
         if not images:
             raise ValueError(f"no lesion of at least {min_voxels} pixels in {len(slices)} slices: the lesion painter "

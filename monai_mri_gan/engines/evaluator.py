@@ -12,7 +12,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,11 @@ from torch import nn
 from ..metrics import (
     build_feature_extractor,
     disjoint_halves,
-    frechet_distance,
-    kernel_inception_distance,
+    distribution_metrics,
+    feature_standardisation,
     memorisation_report,
     metric_cmp_fn_for,
     ms_ssim_diversity,
-    precision_recall,
 )
 from ..metrics.classifier import (
     class_fidelity,
@@ -335,12 +333,7 @@ class GanEvaluator(Evaluator):
         if self._real_features is None:
             self._setup()
             raw = self.feature_extractor(self.real_images)
-            # features of unrelated units (grey levels, squared grey levels, fractions) would otherwise let a few
-            # large ones dominate FID and KID; the real sample's statistics define the scale for both sets
-            self._feature_mean = raw.mean(0)
-            std = raw.std(0)
-            # a feature (nearly) constant over the real slices keeps its own units rather than exploding
-            self._feature_std = torch.where(std > 1e-6 * (raw.abs().mean(0) + 1e-12), std, torch.ones_like(std))
+            self._feature_mean, self._feature_std = feature_standardisation(raw)
             self._real_features = (raw - self._feature_mean) / self._feature_std
         return self._real_features
 
@@ -350,12 +343,7 @@ class GanEvaluator(Evaluator):
         return ((self.feature_extractor(images) - self._feature_mean) / self._feature_std).to(real.dtype)
 
     def _distribution_metrics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        kid = partial(kernel_inception_distance, num_subsets=self.kid_subsets, subset_size=self.kid_subset_size,
-                      seed=self.seed)
-        kid_mean, kid_std = kid(real, fake)
-        precision, recall = precision_recall(real, fake, k=self.pr_k)
-        return {"fid": frechet_distance(real, fake), "kid_mean": kid_mean, "kid_std": kid_std,
-                "precision": precision, "recall": recall}
+        return distribution_metrics(real, fake, self.kid_subsets, self.kid_subset_size, self.pr_k, self.seed)
 
     def _fidelity(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         result = class_fidelity(self.classifier, images, labels, num_classes=self.num_classes)

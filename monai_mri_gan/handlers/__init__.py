@@ -3,8 +3,8 @@
 from .checkpoint import GanCheckpointSaver, ResumeFromCheckpoint
 from .divergence import DivergenceGuard
 from .ema import GeneratorEMA, ema_copy
-from .evaluation import BestCheckpointSaver, EvaluationReportWriter
-from .samples import PaintedGridSaver, SampleGridSaver, sample_grid, save_grid_png, tile_rows
+from .evaluation import BestCheckpointSaver, EvaluationReportWriter, PainterReportWriter
+from .samples import PaintedGridSaver, SampleGridSaver, hole_picture, sample_grid, save_grid_png, tile_rows
 from .tracking import describe_tracked_run, every_n
 
 __all__ = [
@@ -15,10 +15,12 @@ __all__ = [
     "GeneratorEMA",
     "ResumeFromCheckpoint",
     "PaintedGridSaver",
+    "PainterReportWriter",
     "SampleGridSaver",
     "describe_tracked_run",
     "ema_copy",
     "every_n",
+    "hole_picture",
     "sample_grid",
     "save_grid_png",
     "tile_rows",

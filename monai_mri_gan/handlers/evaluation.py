@@ -1,4 +1,4 @@
-"""Ignite handlers of a GAN evaluator: the evaluation report and the best checkpoint by a key metric."""
+"""Ignite handlers of GAN evaluators: the evaluation reports and the best checkpoint by a key metric."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
 from ..metrics import metric_cmp_fn_for, save_closest_pairs_png
 from ..metrics.report import save_metric_bars_png, save_sample_grid_png, write_json_atomic
 from ..runs import RunRecord, load_checkpoint, save_checkpoint
+from .samples import hole_picture, save_grid_png, tile_rows
 
-__all__ = ["BestCheckpointSaver", "EvaluationReportWriter"]
+__all__ = ["BestCheckpointSaver", "EvaluationReportWriter", "PainterReportWriter"]
 
 
 class EvaluationReportWriter:
@@ -83,6 +85,43 @@ class EvaluationReportWriter:
             series = {"generated": generated, "real_vs_real": record["real_vs_real"], **self._baseline_metrics}
             save_metric_bars_png(series, self.output_dir / "metrics_vs_floor.png")
         self.logger.info("evaluation report in %s", self.output_dir)
+
+
+class PainterReportWriter:
+    """Ignite handler of a :class:`~monai_mri_gan.engines.LesionPainterEvaluator`: after each run, write its report.
+
+    - ``metrics.json`` (atomic): the evaluator's ``settings``, the epoch and its flat ``metrics``;
+    - ``painting_report.png``: the first ``per_row`` placements, one column each, in four rows: the healthy base
+      window, the hole and the placed labels (:func:`~monai_mri_gan.handlers.hole_picture`), the painted window and
+      the copy-paste window. It shows real held-out anatomy: a local output, not a shareable one.
+
+    Args:
+        output_dir: report folder (created).
+        images: write the PNG.
+        per_row: placements shown.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, images: bool = True, per_row: int = 8) -> None:
+        self.output_dir = Path(output_dir)
+        self.images = images
+        self.per_row = int(per_row)
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        """Write after every run of ``engine``."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        report = engine.state.report
+        record = {**report["settings"], "epoch": int(engine.state.epoch),
+                  "metrics": {k: float(v) for k, v in engine.state.metrics.items()}}
+        write_json_atomic(record, self.output_dir / "metrics.json")
+        if self.images:
+            crops = {k: v[: self.per_row] for k, v in report["crops"].items()}
+            hole = hole_picture(crops["weights"], crops["labels"], report["label_values"])
+            rows = torch.cat([crops["base"].float(), hole, crops["painted"].float(), crops["copy_paste"].float()])
+            save_grid_png(tile_rows(rows[:, 0], rows=4), self.output_dir / "painting_report.png")
+        self.logger.info("painter evaluation report in %s", self.output_dir)
 
 
 class BestCheckpointSaver:

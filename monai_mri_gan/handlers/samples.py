@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from ..metrics.report import radiological_view
 from ..networks import seeded_latents
 from ..utils import replace_atomically
 
-__all__ = ["PaintedGridSaver", "SampleGridSaver", "sample_grid", "save_grid_png", "tile_rows"]
+__all__ = ["PaintedGridSaver", "SampleGridSaver", "hole_picture", "sample_grid", "save_grid_png", "tile_rows"]
 
 
 def tile_rows(images: torch.Tensor, rows: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -35,6 +36,21 @@ def tile_rows(images: torch.Tensor, rows: int, value_range: tuple[float, float] 
     n, h, w = images.shape
     cols = n // rows
     return radiological_view(images).reshape(rows, cols, w, h).transpose(0, 2, 1, 3).reshape(rows * w, cols * h)
+
+
+def hole_picture(weights: torch.Tensor, labels: torch.Tensor, label_values: Sequence[int]) -> torch.Tensor:
+    """A lesion painter's hole as an image in [-1, 1]: the blend weights in grey, each label a brighter shade inside.
+
+    Args:
+        weights: ``(N, 1, H, W)`` blend weights (:func:`~monai_mri_gan.transforms.blend_weights`), 1 = painted.
+        labels: ``(N, 1, H, W)`` label maps (0 = no lesion).
+        label_values: the tumour labels; the largest is the brightest.
+
+    Returns:
+        ``weights - 1`` (black outside the hole, white inside) plus half of ``label / max(label_values)`` on lesions.
+    """
+    shades = (labels > 0).float() * (labels.float() / max(label_values)) * 0.5
+    return weights.float() - 1.0 + shades
 
 
 @torch.no_grad()
@@ -173,7 +189,5 @@ class PaintedGridSaver(_GridSaver):
             painted = self.objective.paint(self.generator, images, condition, latents)
         finally:
             self.generator.train(was_training)
-        # the hole in grey levels, each label a brighter shade inside it
-        shades = (labels > 0).float() * (labels.float() / max(self.objective.label_values)) * 0.5
-        mask = condition[:, :1] - 1.0 + shades
+        mask = hole_picture(condition[:, :1], labels, self.objective.label_values)
         return tile_rows(torch.cat([images, mask, painted])[:, 0], rows=3)

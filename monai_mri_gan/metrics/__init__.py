@@ -1,4 +1,5 @@
-"""Offline metrics of generated slices: feature extractors, FID, KID, precision/recall, diversity, memorisation."""
+"""Offline metrics of generated slices and painted lesions: feature extractors, FID, KID, precision/recall, diversity,
+memorisation, seams and lesion consistency."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from .classifier import (
 )
 from .distances import (
     disjoint_halves,
+    distribution_metrics,
+    feature_standardisation,
     frechet_distance,
     kernel_inception_distance,
     polynomial_mmd2_unbiased,
@@ -31,6 +34,14 @@ from .features import (
     build_feature_extractor,
     feature_extractor_names,
     register_feature_extractor,
+)
+from .lesions import (
+    label_map_correlation,
+    masked_correlation,
+    seam_band,
+    seam_gradient,
+    segmentation_dice,
+    train_lesion_segmenter,
 )
 from .memorisation import memorisation_report, save_closest_pairs_png
 from .ranking import LOWER_IS_BETTER, lower_is_better, metric_cmp_fn_for
@@ -50,11 +61,15 @@ __all__ = [
     "classifier_feature_extractor",
     "classifier_logits",
     "disjoint_halves",
+    "distribution_metrics",
     "feature_extractor_names",
+    "feature_standardisation",
     "frechet_distance",
     "kernel_inception_distance",
+    "label_map_correlation",
     "load_slice_classifier",
     "lower_is_better",
+    "masked_correlation",
     "memorisation_report",
     "metric_cmp_fn_for",
     "ms_ssim_diversity",
@@ -69,6 +84,10 @@ __all__ = [
     "save_metric_bars_png",
     "save_sample_grid_png",
     "save_slice_classifier",
+    "seam_band",
+    "seam_gradient",
+    "segmentation_dice",
+    "train_lesion_segmenter",
     "train_slice_classifier",
     "write_json_atomic",
 ]

@@ -14,6 +14,8 @@ import torch
 
 __all__ = [
     "disjoint_halves",
+    "distribution_metrics",
+    "feature_standardisation",
     "frechet_distance",
     "kernel_inception_distance",
     "polynomial_mmd2_unbiased",
@@ -249,3 +251,45 @@ def real_vs_real_baseline(
     real = _as_features(real_feats, "real_feats", min_rows=4)
     first, second = disjoint_halves(real.shape[0], seed)
     return metric_fn(real[first], real[second])
+
+
+def feature_standardisation(reference: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and scale that put every feature of a reference set on one footing.
+
+    Features of unrelated units (grey levels, squared grey levels, fractions) would otherwise let a few large ones
+    dominate FID, KID and the k-NN radii; standardising every set with the real (reference) set's statistics gives
+    each feature the same weight. A feature (nearly) constant over the reference keeps its own units (scale 1)
+    rather than exploding.
+
+    Args:
+        reference: ``(N, D)`` features of the reference (real) set.
+
+    Returns:
+        ``(mean, scale)``, each ``(D,)``: use ``(features - mean) / scale`` for the reference and every other set.
+    """
+    reference = _as_features(reference, "reference")
+    mean, std = reference.mean(0), reference.std(0)
+    return mean, torch.where(std > 1e-6 * (reference.abs().mean(0) + 1e-12), std, torch.ones_like(std))
+
+
+def distribution_metrics(real_feats: Any, fake_feats: Any, kid_subsets: int = 10, kid_subset_size: int = 1000,
+                         pr_k: int = 3, seed: int = 0) -> dict[str, float]:
+    """FID, KID and precision/recall of one set of features against the real set's.
+
+    Args:
+        real_feats: ``(N_r, D)`` features of real images.
+        fake_feats: ``(N_f, D)`` features of the images judged.
+        kid_subsets: see :func:`kernel_inception_distance`.
+        kid_subset_size: see :func:`kernel_inception_distance`.
+        pr_k: see :func:`precision_recall`.
+        seed: seed of the KID subsets.
+
+    Returns:
+        ``fid`` (:func:`frechet_distance`), ``kid_mean`` and ``kid_std`` (:func:`kernel_inception_distance`),
+        ``precision`` and ``recall`` (:func:`precision_recall`).
+    """
+    kid_mean, kid_std = kernel_inception_distance(real_feats, fake_feats, num_subsets=kid_subsets,
+                                                  subset_size=kid_subset_size, seed=seed)
+    precision, recall = precision_recall(real_feats, fake_feats, k=pr_k)
+    return {"fid": frechet_distance(real_feats, fake_feats), "kid_mean": kid_mean, "kid_std": kid_std,
+            "precision": precision, "recall": recall}

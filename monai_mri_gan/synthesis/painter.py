@@ -40,7 +40,16 @@ from ..errors import DataError
 from ..networks import seeded_latents
 from ..objectives import LesionPainterObjective, painter_condition
 from ..runs import generator_from_checkpoint, load_checkpoint, resolve_checkpoint, run_record
-from ..transforms import LesionBank, PlaceLesiond, blend_weights, composite, cut_slices, invert_normalisation
+from ..transforms import (
+    LesionBank,
+    PlaceLesiond,
+    blend_weights,
+    composite,
+    crop_plane,
+    cut_slices,
+    invert_normalisation,
+    lesion_window,
+)
 from ..utils import remove_staged
 from .provenance import (
     PROVENANCE_KEY,
@@ -85,25 +94,6 @@ def _volume_path(item: Mapping[str, Any]) -> str:
 def _plane(image: Any) -> np.ndarray:
     """The ``(H, W)`` plane of a ``(1, H, W, 1)`` slice, as numpy."""
     return np.asarray(convert_to_numpy(image))[0, :, :, 0]
-
-
-def _window(low: int, high: int, size: int, extent: int) -> int:
-    """Start of a ``size`` window over ``[low, high)``, centred on it and moved inside ``[0, extent)``.
-
-    When the slice is smaller than the window, the window is centred on the slice (the crop is padded).
-    """
-    if extent < size:
-        return -((size - extent) // 2)
-    return min(max((low + high) // 2 - size // 2, 0), extent - size)
-
-
-def _crop(plane: np.ndarray, start: tuple[int, int], size: tuple[int, int], fill: float) -> np.ndarray:
-    """The ``size`` window of ``plane`` at ``start`` (which may reach past the edges: padded with ``fill``)."""
-    out = np.full(size, fill, dtype=plane.dtype)
-    src = tuple(slice(max(s, 0), min(s + n, e)) for s, n, e in zip(start, size, plane.shape, strict=True))
-    dst = tuple(slice(r.start - s, r.stop - s) for r, s in zip(src, start, strict=True))
-    out[dst] = plane[src]
-    return out
 
 
 class LesionPainterSynthesiser:
@@ -371,7 +361,7 @@ class LesionPainterSynthesiser:
             bounds = ((r0 - reach, r1 + reach), (c0 - reach, c1 + reach))
             size = tuple(max(crop, _UNET_STRIDE * math.ceil((hi - lo) / _UNET_STRIDE)) for lo, hi in bounds)
             extent = item["image"].shape[1:3]
-            start = tuple(_window(lo, hi, s, e) for (lo, hi), s, e in zip(bounds, size, extent, strict=True))
+            start = lesion_window([*bounds[0], *bounds[1]], size, extent)
             windows.append((start, size))
             groups[size].append(n)
         paintings = [_plane(item["image"]).copy() for item in placed]
@@ -383,8 +373,8 @@ class LesionPainterSynthesiser:
                 for n in batch:
                     start, size = windows[n]
                     background = float(placed[n]["image"].meta.get("norm_out_low", -1.0))
-                    images.append(_crop(_plane(placed[n]["image"]), start, size, background))
-                    labels.append(_crop(_plane(placed[n]["label"]), start, size, 0))
+                    images.append(crop_plane(_plane(placed[n]["image"]), start, size, background))
+                    labels.append(crop_plane(_plane(placed[n]["label"]), start, size, 0))
                 base = torch.as_tensor(np.stack(images))[:, None].to(self.device)
                 condition = painter_condition(torch.as_tensor(np.stack(labels))[:, None].to(self.device),
                                               self.label_values, int(self.painting["dilate_px"]),
@@ -396,8 +386,8 @@ class LesionPainterSynthesiser:
                 out = self._generate(base, condition, z).float().cpu().numpy()[:, 0]
                 for n, window in zip(batch, out, strict=True):
                     (r, c), (h, w) = windows[n]
-                    inside = _crop(window, (-r, -c), paintings[n].shape, 0.0)
-                    covered = _crop(np.ones((h, w), bool), (-r, -c), paintings[n].shape, False)
+                    inside = crop_plane(window, (-r, -c), paintings[n].shape, 0.0)
+                    covered = crop_plane(np.ones((h, w), bool), (-r, -c), paintings[n].shape, False)
                     paintings[n] = np.where(covered, inside, paintings[n]).astype(np.float32)
         return [{"painting": p, "window": [*w[0], *w[1]]} for p, w in zip(paintings, windows, strict=True)]
 

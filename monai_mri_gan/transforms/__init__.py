@@ -20,7 +20,9 @@ from .lesions import (
     PlaceLesiond,
     blend_weights,
     composite,
+    crop_plane,
     lesion_components,
+    lesion_window,
     paste_lesion,
 )
 from .slices import (
@@ -51,11 +53,13 @@ __all__ = [
     "RobustNormalised",
     "blend_weights",
     "composite",
+    "crop_plane",
     "cut_slice",
     "cut_slices",
     "head_foreground",
     "invert_normalisation",
     "lesion_components",
+    "lesion_window",
     "normalisation_stats",
     "otsu_threshold",
     "paste_lesion",

@@ -43,7 +43,9 @@ __all__ = [
     "PlacedLesion",
     "blend_weights",
     "composite",
+    "crop_plane",
     "lesion_components",
+    "lesion_window",
     "paste_lesion",
 ]
 
@@ -722,3 +724,56 @@ def paste_lesion(base: NdarrayOrTensor, placed: PlacedLesion, dilate_px: int = 2
     if tuple(base.shape) != tuple(placed.labels.shape):
         raise ValueError(f"base shape {tuple(base.shape)} differs from the placed lesion's {placed.labels.shape}.")
     return composite(base, placed.image, blend_weights(placed.labels, dilate_px, band_px))
+
+
+def lesion_window(bbox: Sequence[int], size: int | Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
+    """Top-left corner of a ``size`` window centred on a lesion's bounding box and moved inside the slice.
+
+    Along each axis the window is centred on the box (rounding towards the top-left), then shifted so that it lies
+    inside ``[0, extent)``; where the slice is smaller than the window, the window is centred on the slice instead,
+    and its corner is negative (:func:`crop_plane` pads what lies outside). A box larger than the window is cut.
+
+    Args:
+        bbox: ``[r0, r1, c0, c1]``, the half-open bounding box of the lesion (e.g. a placement's ``bbox_px``).
+        size: the window's side, or its ``(rows, columns)``.
+        shape: the slice's ``(H, W)``.
+
+    Returns:
+        the window's ``(row, column)`` corner on the slice.
+    """
+    sizes = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    corner = []
+    for (low, high), extent, length in zip(((bbox[0], bbox[1]), (bbox[2], bbox[3])), shape, sizes, strict=True):
+        if extent < length:
+            corner.append(-((length - int(extent)) // 2))
+        else:
+            corner.append(min(max((int(low) + int(high)) // 2 - length // 2, 0), int(extent) - length))
+    return corner[0], corner[1]
+
+
+def crop_plane(plane: NdarrayOrTensor, start: Sequence[int], size: Sequence[int], fill: float) -> NdarrayOrTensor:
+    """The ``size`` window of a ``(H, W)`` plane at corner ``start``, padded with ``fill`` where it leaves the plane.
+
+    Args:
+        plane: ``(H, W)`` image or label map, numpy or torch.
+        start: the window's ``(row, column)`` corner; it may be negative or reach past the plane.
+        size: the window's ``(rows, columns)``.
+        fill: value of the window's pixels outside the plane.
+
+    Returns:
+        the ``size`` window, of ``plane``'s array type, dtype (and device).
+    """
+    size = tuple(int(n) for n in size)
+    if isinstance(plane, torch.Tensor):
+        out = torch.full(size, fill, dtype=plane.dtype, device=plane.device)
+    else:
+        out = np.full(size, fill, dtype=np.asarray(plane).dtype)
+    src, dst = [], []
+    for s, n, e in zip((int(v) for v in start), size, plane.shape, strict=True):
+        low, high = max(s, 0), min(s + n, int(e))
+        if high <= low:
+            return out
+        src.append(slice(low, high))
+        dst.append(slice(low - s, high - s))
+    out[tuple(dst)] = plane[tuple(src)]
+    return out
