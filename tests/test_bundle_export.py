@@ -58,3 +58,15 @@ def test_verify_metadata_offline(tmp_path, bundle_name):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
     assert "skipped downloading" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+def test_inference_and_evaluation_configs_are_monai_inference_workflows(gan, tmp_path, config):
+    """Tools that drive bundles through ``create_workflow`` find MONAI's inference properties in both configs."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type="infer", ckpt_path=str(gan["run"]),
+                              datalist=str(gan["datalist"]), output_dir=str(tmp_path / "out"))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert len(workflow.dataset) > 0 and hasattr(workflow.evaluator, "run")
