@@ -59,6 +59,13 @@ from monai_mri_gan.objectives import WholeSliceObjective
 LATENT_DIM, NUM_CLASSES = 128, 2
 
 
+def random_slices(image_size: int, count: int, batch_size: int, num_classes: int = NUM_CLASSES) -> DataLoader:
+    """Seeded random slices held in RAM (with classes when ``num_classes`` > 0), so that only training is timed."""
+    images = torch.rand(count, 1, image_size, image_size, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    classes = torch.arange(count) % num_classes if num_classes else torch.zeros(count, dtype=torch.long)
+    return DataLoader(SliceTensorDataset(images, classes), batch_size=batch_size)
+
+
 def measure(image_size: int, channels_last: bool, amp: bool, batch_size: int, warmup: int, iterations: int) -> dict:
     """Train ``warmup + iterations`` iterations in this process (one rank when under torchrun); time the last ones.
 
@@ -76,9 +83,7 @@ def measure(image_size: int, channels_last: bool, amp: bool, batch_size: int, wa
         trainer_class = DistributedSliceGanTrainer
     torch.manual_seed(0)
     generator, discriminator = build_networks(image_size=image_size, latent_dim=LATENT_DIM, num_classes=NUM_CLASSES)
-    n = batch_size * (warmup + iterations)
-    images = torch.rand(n, 1, image_size, image_size, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    loader = DataLoader(SliceTensorDataset(images, torch.arange(n) % NUM_CLASSES), batch_size=batch_size)
+    loader = random_slices(image_size, batch_size * (warmup + iterations), batch_size)
     trainer = trainer_class(
         device="cpu", max_epochs=1, train_data_loader=loader, generator=generator, discriminator=discriminator,
         g_optimizer=torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
@@ -152,9 +157,7 @@ def count_host_syncs(image_size: int, batch_size: int, iterations: int, log_ever
     """Host synchronisations per logging and per non-logging iteration of ``SliceGanTrainer`` with its handlers."""
     torch.manual_seed(0)
     generator, discriminator = build_networks(image_size=image_size, latent_dim=LATENT_DIM, num_classes=NUM_CLASSES)
-    n = batch_size * iterations
-    images = torch.rand(n, 1, image_size, image_size, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    loader = DataLoader(SliceTensorDataset(images, torch.arange(n) % NUM_CLASSES), batch_size=batch_size)
+    loader = random_slices(image_size, batch_size * iterations, batch_size)
     trainer = SliceGanTrainer(
         device="cpu", max_epochs=1, train_data_loader=loader, generator=generator, discriminator=discriminator,
         g_optimizer=torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
@@ -202,9 +205,7 @@ def compare(engine_name: str, image_size: int, batch_size: int, warmup: int, ite
     """Train identical unconditional networks with ``monai.engines.GanTrainer``, ours or a bare loop; time, memory."""
     torch.manual_seed(0)
     generator, discriminator = build_networks(image_size=image_size, latent_dim=LATENT_DIM, num_classes=0)
-    n = batch_size * (warmup + iterations)
-    images = torch.rand(n, 1, image_size, image_size, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    loader = DataLoader(SliceTensorDataset(images, torch.zeros(n, dtype=torch.long)), batch_size=batch_size)
+    loader = random_slices(image_size, batch_size * (warmup + iterations), batch_size, num_classes=0)
     g_opt = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     ours = engine_name != "GanTrainer"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_painter_synthesis import PAINTING, SLICING
 
 from monai_mri_gan import runs
 from monai_mri_gan.data import load_datalist, make_demo_cohort
@@ -34,9 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "brain_tumour_painter" / "configs"
-SLICING = {"axis": 2, "spacing": None, "norm_mode": "percentile", "min_foreground": 0.05, "tumour_min_voxels": 4,
-           "tumour_labels": None, "drop_ambiguous": True}
-PAINTING = {"label_values": [1, 2, 4], "crop_size": 32, "dilate_px": 2, "band_px": 4}
 SAMPLES = 16
 
 
