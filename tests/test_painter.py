@@ -1,6 +1,7 @@
 """The lesion painter family: its networks, loss terms against their formulas, compositing, a toy that learns, and
 its training bundle."""
 
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from monai_mri_gan.data import make_demo_cohort
+from monai_mri_gan.data import LesionCrops, SliceCohort, load_datalist, make_demo_cohort
 from monai_mri_gan.diffaugment import DiffAugment
 from monai_mri_gan.engines import SliceGanTrainer, prepare_lesion_batch
 from monai_mri_gan.losses import feature_matching_loss, masked_l1_loss
@@ -170,3 +171,24 @@ def test_painter_bundle_trains_and_records_its_run(tmp_path):
     grid = np.asarray(Image.open(out / "samples" / "epoch_0002.png"))
     # real | hole and labels | painted rows, one column per crop (at most eight; this tiny cohort has fewer lesions)
     assert grid.shape[0] == 3 * 32 and grid.shape[1] in range(32, 8 * 32 + 1, 32)
+
+
+def test_painter_trains_on_two_ranks(tmp_path):
+    """The painter's multi_gpu_train.json over its train.json: torchrun with two gloo processes, one epoch."""
+    cohort = make_demo_cohort(tmp_path / "demo", seed=3, num_subjects=4, shape=(48, 52, 12))
+    out = tmp_path / "run"
+    configs = [str(TRAIN), str(TRAIN.with_name("multi_gpu_train.json"))]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29573",
+           "-m", "monai.bundle", "run", "training", "--config_file", repr(configs), "--datalist", str(cohort),
+           "--output_dir", str(out), "--max_epochs", "1", "--batch_size", "2", "--crop_size", "32",
+           "--g_features", "[8, 8, 16, 16, 32, 8]", "--d_channels", "8", "--log_every", "1"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = load_checkpoint(out)
+    assert ckpt["config"]["family"] == "lesion_painter"
+    # each rank read its half of the crops (DistributedSampler), two at a time, for one epoch
+    slicing = {"tumour_min_voxels": 20, "tumour_labels": None, "drop_ambiguous": True}
+    crops = len(LesionCrops(SliceCohort(load_datalist(cohort), image_size=None, slicing=slicing), crop_size=32))
+    assert ckpt["trainer"]["iteration"] == ckpt["trainer"]["epoch_length"] == math.ceil(math.ceil(crops / 2) / 2)
+    assert (out / "samples" / "epoch_0001.png").is_file()
