@@ -32,9 +32,10 @@ setup(
     ],
     extras_require={
         # jsonschema: offline bundle metadata check; mkdocs and plugins: tests/test_docs.py builds the site;
-        # mlflow: tests/test_tracking.py records a run (neither test may skip)
+        # mlflow: tests/test_tracking.py records a run; import-linter: tests/test_code_shape.py checks the layers of
+        # pyproject.toml (none of these tests may skip)
         "test": ["pytest>=7.4", "pydicom-data", "ruff", "jsonschema", "mkdocs>=1.5", "mkdocs-material>=9.0",
-                 "mkdocstrings[python]>=0.24", "mlflow>=2.8"],
+                 "mkdocstrings[python]>=0.24", "mlflow>=2.8", "import-linter>=2.1"],
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9.0", "mkdocstrings[python]>=0.24"],
         "mlflow": ["mlflow>=2.8"],
     },
