@@ -135,7 +135,7 @@ class BestCheckpointSaver:
     Args:
         ckpt_path: the file (e.g. ``<output_dir>/best_checkpoint.pt``).
         save_dict: objects with ``state_dict()``.
-        config: the run configuration (train.json's ``run_config``), stored under ``config``.
+        config: the run record (train.json's ``run_record``, or a plain mapping), stored under ``config``.
         metric_name: metric to track; None for the engine's key metric.
         metric_cmp_fn: ``(current, best) -> bool``; None for :func:`~monai_mri_gan.metrics.metric_cmp_fn_for` of
             the metric.
