@@ -181,7 +181,7 @@ def test_painted_geometry_mask_and_source_values(tmp_path, export, painter):
         assert record["placement"] == json.loads(json.dumps(expected))
         assert record["mask"]["file"] == entry["mask"].name
         assert record["reference_geometry"]["slice_index"] == int(base["slice_index"])
-        assert record["reference_geometry"]["source_sha256"] == sha256_text(record["base_slice"])
+        assert record["reference_geometry"]["reference_id"] == record["base_slice"]
     assert formats == {"dicom", "nifti"}
     assert max(base_tries) > 1  # some drawn bases had no room for a lesion: another was drawn
     assert set(synth.timings) == {"load_s", "place_s", "paint_s", "write_s"}

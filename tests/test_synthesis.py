@@ -21,6 +21,8 @@ from monai_mri_gan.synthesis import (
     PHI_KEYS,
     SliceSynthesiser,
     as_flag,
+    keyed_id,
+    provenance_key,
     scrub_check,
     sha256_file,
     sha256_text,
@@ -120,7 +122,10 @@ def test_slices_geometry_dtype_and_values(tmp_path, gan, cohort):
             assert record["class_index"] == class_index and record["class_name"] == name
             assert record["checkpoint_sha256"] == sha256_file(gan["checkpoint"])
             geometry = record["reference_geometry"]
-            assert geometry["source_sha256"] == sha256_text(reference.meta["filename_or_obj"])
+            key = provenance_key(gan["run"] / "provenance_key")  # the run folder's key, created by the synthesiser
+            assert geometry["reference_id"] == keyed_id(key, "reference_slice", reference.meta["filename_or_obj"],
+                                                        str(geometry["axis"]), str(item["slice_index"]))
+            assert sha256_text(reference.meta["filename_or_obj"]) not in sidecar_path(path).read_text()
             assert geometry["slice_index"] == item["slice_index"]
             assert str(reference.meta["filename_or_obj"]) not in sidecar_path(path).read_text()
     assert formats == {"dicom", "nifti"}  # both kinds of source were used as references

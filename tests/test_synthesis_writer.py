@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import hmac
 import json
 import os
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from monai_mri_gan.synthesis import (
     PHI_KEYS,
     SyntheticSliceWriter,
     cast_to_dtype,
+    keyed_id,
     provenance_record,
     scrub_check,
     sha256_file,
@@ -32,6 +34,7 @@ from monai_mri_gan.transforms import slice_to_volume_transform
 H, W, K = 37, 29, 7
 SOURCE = "/data/site-A/sub-0042/Doe^John/T1w.nii.gz"
 CHECKPOINT = hashlib.sha256(b"checkpoint").hexdigest()
+KEY = bytes(range(32))  # a run folder's provenance key
 
 
 def translation(k: float, axis: int = 2) -> np.ndarray:
@@ -59,7 +62,7 @@ def make_record(affine=None, **kwargs) -> dict:
         sample_index=12,
         class_name="tumour",
         class_index=1,
-        reference_source=SOURCE,
+        reference_id=keyed_id(KEY, "reference_slice", SOURCE),
         reference_slice_index=K,
         reference_affine=slice_affine() if affine is None else affine,
     )
@@ -268,7 +271,7 @@ def test_failure_while_replacing_leaves_old_files(tmp_path, rng, monkeypatch):
 def test_sidecar_content(tmp_path, rng):
     affine = slice_affine()
     created = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
-    record = make_record(mask_source="/data/site-A/sub-0042/mask.nii.gz", created=created)
+    record = make_record(mask_id=keyed_id(KEY, "mask", "/data/site-A/sub-0042/mask.nii.gz"), created=created)
     nifti, sidecar = write_synthetic_slice(make_slice(rng), affine, tmp_path / "fake.nii.gz", record)
     content = json.loads(sidecar.read_text())
     assert content["synthetic"] is True
@@ -277,9 +280,13 @@ def test_sidecar_content(tmp_path, rng):
     assert content["checkpoint_sha256"] == CHECKPOINT
     assert (content["seed"], content["sample_index"]) == (3, 12)
     assert (content["class_name"], content["class_index"]) == ("tumour", 1)
-    assert content["mask_sha256"] == hashlib.sha256(b"/data/site-A/sub-0042/mask.nii.gz").hexdigest()
+    # keyed ids: the HMAC of the sources under the run's key; their plain SHA-256 (which anyone holding a list of
+    # candidate paths could match) appears nowhere
+    assert content["mask_id"] == hmac.new(KEY, b"mask\x1f/data/site-A/sub-0042/mask.nii.gz", "sha256").hexdigest()
     geometry = content["reference_geometry"]
-    assert geometry["source_sha256"] == hashlib.sha256(SOURCE.encode()).hexdigest()
+    assert geometry["reference_id"] == hmac.new(KEY, f"reference_slice\x1f{SOURCE}".encode(), "sha256").hexdigest()
+    for plain in (SOURCE, "/data/site-A/sub-0042/mask.nii.gz"):
+        assert hashlib.sha256(plain.encode()).hexdigest() not in sidecar.read_text()
     assert (geometry["slice_index"], geometry["axis"], geometry["space"]) == (K, 2, "RAS")
     np.testing.assert_allclose(geometry["affine"], affine, atol=1e-12)
     assert content["software"]["monai_mri_gan"] == "0.1.0"

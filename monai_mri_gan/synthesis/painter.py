@@ -54,8 +54,8 @@ from ..utils import remove_staged
 from .provenance import (
     PROVENANCE_KEY,
     keyed_id,
-    provenance_key,
     provenance_record,
+    run_provenance_key,
     sha256_file,
     sidecar_path,
     synthetic_descrip,
@@ -126,7 +126,7 @@ class LesionPainterSynthesiser:
     ``family`` (``"lesion_painter"``), ``method``, ``weights``, ``contains_real_anatomy`` (true), ``base_slice`` and
     ``lesion_source`` (keyed ids, see :func:`~monai_mri_gan.synthesis.keyed_id`: HMAC-SHA256 under the key file
     ``provenance_key`` of the checkpoint's folder, created on first use; the record's
-    ``reference_geometry.source_sha256`` is the SHA-256 of the ``base_slice`` id, never of a path), ``placement``
+    ``reference_geometry.reference_id`` is the ``base_slice`` id), ``placement``
     (what :class:`~monai_mri_gan.transforms.PlaceLesion` drew), ``painting`` (the run's conditioning, and the
     painted window for the generator), ``latent`` (generator only), ``mask`` and ``intensity``.
 
@@ -498,7 +498,7 @@ class LesionPainterSynthesiser:
             sample_index=int(item["sample_index"]),
             class_name=class_names[1] if len(class_names) > 1 else "tumour",
             class_index=1,
-            reference_source=base_slice,
+            reference_id=base_slice,
             reference_slice_index=int(item["slice_index"]),
             reference_affine=np.asarray(convert_to_numpy(image.affine), dtype=np.float64),
             reference_axis=int(item["slice_axis"]),
@@ -523,10 +523,7 @@ class LesionPainterSynthesiser:
         """
         destinations = [path for i in range(self.num_samples) for path in self.paths(i).values()]
         check_destinations(destinations, self.overwrite)
-        if self.output_dir.resolve() in self.key_path.resolve().parents:
-            raise ValueError(f"the provenance key {self.key_path} lies inside the output folder {self.output_dir}: "
-                             "sharing the outputs would share the key.")
-        key = provenance_key(self.key_path)
+        key = run_provenance_key(self.key_path, self.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
             return self._run(key)

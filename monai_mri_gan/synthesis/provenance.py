@@ -169,6 +169,22 @@ def provenance_key(path: str | os.PathLike) -> bytes:
     return bytes.fromhex(text)
 
 
+def run_provenance_key(key_path: str | os.PathLike, output_dir: str | os.PathLike) -> bytes:
+    """The run folder's key (:func:`provenance_key`) for the keyed ids of outputs written to ``output_dir``.
+
+    Args:
+        key_path: the key file, in the training run folder.
+        output_dir: where the shareable outputs go.
+
+    Raises:
+        ValueError: when the key would lie inside ``output_dir``: sharing the outputs would share the key.
+    """
+    if Path(output_dir).resolve() in Path(key_path).resolve().parents:
+        raise ValueError(f"the provenance key {key_path} lies inside the output folder {output_dir}: sharing the "
+                         "outputs would share the key.")
+    return provenance_key(key_path)
+
+
 def keyed_id(key: bytes, *parts: str) -> str:
     """A non-reversible id of real data (a slice, a lesion's source) that only the key's holder can link back.
 
@@ -211,11 +227,11 @@ def provenance_record(
     sample_index: int,
     class_name: str | None,
     class_index: int | None,
-    reference_source: str,
+    reference_id: str,
     reference_slice_index: int,
     reference_affine: Any,
     reference_axis: int = 2,
-    mask_source: str | None = None,
+    mask_id: str | None = None,
     created: datetime | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -232,12 +248,12 @@ def provenance_record(
         sample_index: index of this sample among those drawn with ``seed``.
         class_name: class the sample was conditioned on (e.g. ``"tumour"``), or None for an unconditional one.
         class_index: index of that class, or None.
-        reference_source: identifier of the volume whose geometry the slice borrows (path, subject id, ...);
-            only its hash is recorded.
+        reference_id: a keyed id (:func:`keyed_id`) of the slice whose geometry the sample borrows; never a path or
+            a plain hash of one, which anyone holding a list of candidate paths could match.
         reference_slice_index: index of the reference slice along ``reference_axis`` in that volume.
         reference_affine: the 4x4 RAS affine of the reference slice (numpy or torch).
         reference_axis: the slicing axis of the reference volume.
-        mask_source: identifier of the mask the sample was conditioned on, if any; only its hash is recorded.
+        mask_id: a keyed id of the mask the sample was conditioned on, if any.
         created: creation time (timezone-aware); defaults to now. Stored in UTC, ISO 8601.
         extra: further JSON-serialisable entries, checked like the rest (see :data:`PHI_KEYS`).
 
@@ -264,9 +280,9 @@ def provenance_record(
         "sample_index": int(sample_index),
         "class_name": None if class_name is None else str(class_name),
         "class_index": None if class_index is None else int(class_index),
-        "mask_sha256": None if mask_source is None else sha256_text(mask_source),
+        "mask_id": None if mask_id is None else str(mask_id),
         "reference_geometry": {
-            "source_sha256": sha256_text(reference_source),
+            "reference_id": str(reference_id),
             "axis": int(reference_axis),
             "slice_index": int(reference_slice_index),
             "affine": _affine_list(reference_affine),

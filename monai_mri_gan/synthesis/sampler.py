@@ -17,6 +17,7 @@ sidecars.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -36,7 +37,7 @@ from ..networks import seeded_latents
 from ..runs import cohort_from_record, generator_from_checkpoint, load_checkpoint, resolve_checkpoint, run_record
 from ..transforms.intensity import invert_normalisation
 from ..utils import remove_staged
-from .provenance import provenance_record, sha256_file, sha256_text, sidecar_path
+from .provenance import PROVENANCE_KEY, keyed_id, provenance_record, run_provenance_key, sha256_file, sidecar_path
 from .writer import SyntheticSliceWriter
 
 __all__ = ["SliceSynthesiser", "as_flag", "check_destinations", "intensity_record"]
@@ -213,6 +214,7 @@ class SliceSynthesiser:
         self.num_classes = int(self.record.get("num_classes") or 0)
         self.class_names = [str(c) for c in (self.record.get("class_names") or [])]
         self.output_dir = Path(output_dir)
+        self.key_path = self.ckpt_path.parent / PROVENANCE_KEY
         self.seed = int(seed)
         self.samples_per_class = self._resolve_samples_per_class(samples_per_class, classes)
         self.dataset_dir = dataset_dir
@@ -336,9 +338,14 @@ class SliceSynthesiser:
         name = f"synthetic_{_file_token(self.class_name(class_index))}_{self.seed}_{sample_index:05d}{self._suffix()}"
         return self.output_dir / name
 
+    @functools.cached_property
+    def key(self) -> bytes:
+        """The run folder's provenance key (``provenance_key`` beside the checkpoint), for keyed ids of real data."""
+        return run_provenance_key(self.key_path, self.output_dir)
+
     def volume_path(self, class_index: int | None, source: str, layer: int) -> Path:
-        """The file of a stacked volume: ``synthetic_<class>_<seed>_volume-<hash>[-<layer>].nii.gz``."""
-        tag = f"volume-{sha256_text(source)[:12]}" + (f"-{layer}" if layer else "")
+        """The file of a stacked volume: ``synthetic_<class>_<seed>_volume-<keyed id>[-<layer>].nii.gz``."""
+        tag = f"volume-{keyed_id(self.key, 'reference_volume', source)[:12]}" + (f"-{layer}" if layer else "")
         name = f"synthetic_{_file_token(self.class_name(class_index))}_{self.seed}_{tag}{self._suffix()}"
         return self.output_dir / name
 
@@ -385,7 +392,8 @@ class SliceSynthesiser:
             sample_index=sample_index,
             class_name=None if class_index is None else self.class_name(class_index),
             class_index=class_index,
-            reference_source=str(meta.get("filename_or_obj")),
+            reference_id=keyed_id(self.key, "reference_slice", str(meta.get("filename_or_obj")),
+                                  str(meta.get("slice_axis", self._slicing().get("axis", 2))), str(slice_index)),
             reference_slice_index=slice_index,
             reference_affine=affine,
             reference_axis=int(meta.get("slice_axis", self._slicing().get("axis", 2))),
@@ -527,6 +535,6 @@ class SliceSynthesiser:
                 written.append({"image": nifti, "provenance": sidecar, "kind": "volume", "class": class_index,
                                 "class_name": self.class_name(class_index), "sample_indices": members})
                 logger.info("wrote a synthetic %s volume of %d slice(s) on reference volume %s",
-                            self.class_name(class_index), len(members), sha256_text(source)[:12])
+                            self.class_name(class_index), len(members), path.name)
         return written
 
