@@ -1,5 +1,6 @@
 """The training bundle through ``python -m monai.bundle``: a short run on a tiny demo cohort."""
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,12 @@ def test_training_bundle_short_run(tmp_path, tiny_cohort, conditional):
     result = _bundle(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "g_loss" in result.stdout and "d_loss" in result.stdout
+    # the run says what it found, in the log and in cohort.json
+    summary = json.loads((out / "cohort.json").read_text())
+    assert summary["volumes"] == {"read": 4, "used": 4, "skipped": 0} and summary["formats"] == {"dicom": 2, "nifti": 2}
+    assert summary["subjects"] == 4 and summary["slices"]["total"] == sum(
+        v for k, v in summary["slices"].items() if k != "total")
+    assert "cohort: 4 of 4 volumes used (2 dicom, 2 nifti), 4 subjects" in result.stdout + result.stderr
     ckpt = load_checkpoint(out)
     assert ckpt["trainer"]["iteration"] == 2 * ckpt["trainer"]["epoch_length"]
     config = ckpt["config"]

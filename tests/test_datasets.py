@@ -105,6 +105,14 @@ def test_bad_volume_raise_or_skip(tmp_path, rng, caplog):
     cohort = SliceCohort(items, image_size=8, min_foreground=0.0, on_error="skip")
     assert len(cohort) == 3 and len(cohort.policy.errors) == 1
     assert "1 input(s) skipped" in caplog.text and "bad.nii.gz" in caplog.text
+    summary = cohort.summary(["no_tumour", "tumour"])
+    assert summary["volumes"] == {"read": 2, "used": 1, "skipped": 1} and summary["formats"] == {"nifti": 1}
+    assert summary["slices"] == {"total": 3, "no_tumour": 3} and summary["single_slice_volumes"] == 0
+    (skipped,) = summary["skipped"]
+    assert skipped["input"] == str(bad) and ("NaN" in skipped["reason"] or "non-finite" in skipped["reason"])
+    # a 2D input is a one-slice volume, which the summary counts (the run warns about it)
+    flat = _nifti(tmp_path / "flat.nii.gz", rng.integers(0, 500, size=(8, 8, 1)).astype(np.int16), np.eye(4))
+    assert SliceCohort([{"image": flat}], image_size=8, min_foreground=0.0).summary()["single_slice_volumes"] == 1
 
 
 def test_mask_grid_mismatch_names_the_mask(tmp_path, rng):

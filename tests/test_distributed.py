@@ -21,7 +21,7 @@ TRAIN, MULTI = CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json"
 RANK_ZERO_TARGETS = {
     "monai.handlers.StatsHandler", "monai.handlers.TensorBoardStatsHandler", "ignite.handlers.ProgressBar",
     "monai_mri_gan.handlers.SampleGridSaver", "monai_mri_gan.handlers.GanCheckpointSaver",
-    "monai.handlers.ValidationHandler",
+    "monai.handlers.ValidationHandler", "monai_mri_gan.handlers.CohortSummaryWriter",
 }
 NETWORKS = ("generator", "ema_generator", "discriminator")
 
@@ -63,7 +63,7 @@ def _files(folder: Path) -> list[str]:
 
 
 def test_multi_gpu_config_limits_writers_to_rank_zero():
-    """The index-based overrides of multi_gpu_train.json hit exactly the handlers that write or print."""
+    """The main_process switch of multi_gpu_train.json turns off exactly the handlers that write or print."""
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(MULTI)])
     handlers = parser["train"]["handlers"]
@@ -105,7 +105,7 @@ def test_torchrun_two_ranks_train_identical_networks_and_resume(tmp_path):
     files = _files(out)
     events = [f for f in files if f.startswith("tensorboard/")]
     assert len(events) == 1  # one SummaryWriter, rank 0's
-    written = ["checkpoint_epoch0001.pt", "run_fingerprint.json", "samples/epoch_0001.png"]
+    written = ["checkpoint_epoch0001.pt", "cohort.json", "run_fingerprint.json", "samples/epoch_0001.png"]
     assert sorted(set(files) - set(events)) == written
     assert _files(workdir) == []  # no stray ./runs from a default TensorBoard writer on rank 1
 

@@ -134,6 +134,16 @@ def slice_transforms(image_size: int | None = 128, axis: int = 2, spacing: Seque
     return chain
 
 
+def _source_format(path: str) -> str:
+    """The format of a volume's source, from its path: a DICOM series folder, or the file's extension."""
+    name = Path(path).name.lower()
+    for suffix, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".nrrd", "nrrd"), (".nhdr", "nrrd"),
+                        (".mha", "metaimage"), (".mhd", "metaimage")):
+        if name.endswith(suffix):
+            return fmt
+    return "dicom"
+
+
 def find_data_error(exc: BaseException) -> DataError | None:
     """The :class:`DataError` behind an exception, looking through MONAI's transform wrappers."""
     seen = set()
@@ -203,6 +213,7 @@ class SliceCohort(torch.utils.data.Dataset):
         datalist = [dict(item) for item in datalist]
         if not datalist:
             raise DataError("<datalist>", "no volumes to read.")
+        self.num_volumes = len(datalist)
         if cache_dir is not None:
             key = hashlib.sha256(json.dumps([__version__, slice_kwargs], sort_keys=True, default=str).encode())
             dataset = PersistentDataset(datalist, transform, cache_dir=Path(cache_dir) / key.hexdigest()[:16],
@@ -226,6 +237,31 @@ class SliceCohort(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.slices[index]
+
+    def summary(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """What the cohort holds and what it left out, for the start of a run (and ``cohort.json``).
+
+        Args:
+            class_names: names of the class indices, for the slice counts.
+
+        Returns:
+            ``volumes`` (read, used, skipped), ``formats`` (volumes used per source format), ``subjects``,
+            ``slices`` (per class), ``single_slice_volumes`` (volumes that gave one slice: a 2D input is a one-slice
+            cohort, which is rarely meant) and ``skipped`` (each skipped input with its reason).
+        """
+        per_volume = Counter(str(s["image"].meta.get("filename_or_obj", "")) for s in self.slices
+                             if hasattr(s["image"], "meta"))
+        formats = Counter(_source_format(path) for path in per_volume)
+        names = list(class_names or [])
+        slices = {names[c] if c < len(names) else str(c): n for c, n in self.class_counts().items()}
+        return {
+            "volumes": {"read": self.num_volumes, "used": len(per_volume), "skipped": len(self.policy.errors)},
+            "formats": dict(sorted(formats.items())),
+            "subjects": len({str(s.get("subject", "")) for s in self.slices}),
+            "slices": {"total": len(self.slices), **slices},
+            "single_slice_volumes": sum(1 for n in per_volume.values() if n == 1),
+            "skipped": [{"input": err.path, "reason": err.problem} for err in self.policy.errors],
+        }
 
     def class_counts(self) -> dict[int, int]:
         """Number of slices per class."""

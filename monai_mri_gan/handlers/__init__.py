@@ -1,6 +1,7 @@
 """Ignite handlers for GAN training: EMA, sample grids, checkpoints, resume, a divergence guard and tracking."""
 
 from .checkpoint import GanCheckpointSaver, ResumeFromCheckpoint
+from .cohort import CohortSummaryWriter
 from .divergence import DivergenceGuard
 from .ema import GeneratorEMA, ema_copy
 from .evaluation import BestCheckpointSaver, EvaluationReportWriter, PainterReportWriter
@@ -9,6 +10,7 @@ from .tracking import describe_tracked_run, every_n
 
 __all__ = [
     "BestCheckpointSaver",
+    "CohortSummaryWriter",
     "DivergenceGuard",
     "EvaluationReportWriter",
     "GanCheckpointSaver",
