@@ -6,13 +6,12 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_painter_synthesis import PAINTING, SLICING
+from test_painter_synthesis import CONFIGS, PAINTING, SLICING
 
 from monai_mri_gan import runs
 from monai_mri_gan.data import load_datalist, make_demo_cohort
@@ -33,8 +32,6 @@ from monai_mri_gan.transforms import blend_weights, crop_plane, lesion_window
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "bundles" / "brain_tumour_painter" / "configs"
 SAMPLES = 16
 
 
