@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -129,6 +130,26 @@ def test_bad_series_raise_or_skip(tmp_path, caplog):
         items = discover_volumes(tmp_path, on_error="skip")
     assert items == [{"image": good, "subject": subject_id("good/vol")}]
     assert "1 input(s) skipped" in caplog.text
+
+
+@pytest.mark.parametrize("bundle", ["brain_mri_gan", "brain_tumour_painter"])
+def test_skip_reaches_discovery_in_the_training_bundles(tmp_path, bundle):
+    """``--on_error skip`` skips a series without ImagePositionPatient at discovery too, not only when slicing."""
+    from monai.bundle import ConfigParser
+
+    files, _, _ = write_dicom_series(tmp_path / "bad")
+    ds = pydicom.dcmread(files[1])
+    del ds.ImagePositionPatient
+    ds.save_as(files[1])
+    good = write_nifti(tmp_path / "good" / "vol.nii")
+    parser = ConfigParser()
+    parser.read_config(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json")
+    parser.update({"dataset_dir": str(tmp_path), "on_error": "skip"})
+    assert parser.get_parsed_content("train#datalist") == [{"image": good, "subject": subject_id("good/vol")}]
+    parser.update({"on_error": "raise"})
+    with pytest.raises(RuntimeError, match="resolve_datalist") as err:  # MONAI wraps what a component raises
+        parser.get_parsed_content("train#datalist", lazy=False)
+    assert isinstance(err.value.__cause__, DataError) and "no ImagePositionPatient" in str(err.value.__cause__)
 
 
 def test_image_with_two_masks(tmp_path):
