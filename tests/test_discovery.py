@@ -117,12 +117,17 @@ def test_empty_folder_and_not_a_folder(tmp_path, caplog):
         discover_volumes(tmp_path / "junk" / "notes.txt")
 
 
-def test_bad_series_raise_or_skip(tmp_path, caplog):
-    files, _, _ = write_dicom_series(tmp_path / "bad")
+def _bad_series_and_good_volume(folder):
+    """A DICOM series whose second file lacks ImagePositionPatient, and a good NIfTI, under ``folder``."""
+    files, _, _ = write_dicom_series(folder / "bad")
     ds = pydicom.dcmread(files[1])
     del ds.ImagePositionPatient
     ds.save_as(files[1])
-    good = write_nifti(tmp_path / "good" / "vol.nii")
+    return files, write_nifti(folder / "good" / "vol.nii")
+
+
+def test_bad_series_raise_or_skip(tmp_path, caplog):
+    files, good = _bad_series_and_good_volume(tmp_path)
     with pytest.raises(DataError, match="no ImagePositionPatient") as err:
         discover_volumes(tmp_path)
     assert files[1] in str(err.value)
@@ -137,11 +142,7 @@ def test_skip_reaches_discovery_in_the_training_bundles(tmp_path, bundle):
     """``--on_error skip`` skips a series without ImagePositionPatient at discovery too, not only when slicing."""
     from monai.bundle import ConfigParser
 
-    files, _, _ = write_dicom_series(tmp_path / "bad")
-    ds = pydicom.dcmread(files[1])
-    del ds.ImagePositionPatient
-    ds.save_as(files[1])
-    good = write_nifti(tmp_path / "good" / "vol.nii")
+    _, good = _bad_series_and_good_volume(tmp_path)
     parser = ConfigParser()
     parser.read_config(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json")
     parser.update({"dataset_dir": str(tmp_path), "on_error": "skip"})
