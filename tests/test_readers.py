@@ -1,8 +1,13 @@
 """Tests for SimpleITKReader: geometry of every source format, DICOM series checks, and bad-input errors."""
 
 import glob
+import gzip
 import os
 import re
+import resource
+import struct
+import time
+import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
@@ -12,11 +17,12 @@ import pydicom.data
 import pytest
 import SimpleITK as sitk
 from conftest import oblique_affine
-from monai.transforms import LoadImage, LoadImaged
+from monai.transforms import Compose, LoadImage, LoadImaged
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from monai_mri_gan.data.readers import SimpleITKReader, file_format, read_dicom_series_geometry
+from monai_mri_gan.data import SliceCohort, volume_transforms
+from monai_mri_gan.data.readers import LoadedVolume, SimpleITKReader, file_format, read_dicom_series_geometry
 from monai_mri_gan.errors import DataError
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -301,13 +307,6 @@ def test_nan_voxels(tmp_path):
     check_error(tmp_path / "nan.nii.gz", "has 3 NaN or infinite voxel")
 
 
-def test_corrupt_nifti(tmp_path):
-    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), oblique_affine()), tmp_path / "v.nii")
-    raw = (tmp_path / "v.nii").read_bytes()
-    (tmp_path / "v.nii").write_bytes(raw[: len(raw) // 2])
-    check_error(tmp_path / "v.nii", "cannot be read")
-
-
 @pytest.mark.parametrize(
     "tag, match",
     [
@@ -403,3 +402,252 @@ def test_two_series_in_one_folder(tmp_path):
     img = load(folder, series_uid="1.2.826.0.1.2")
     np.testing.assert_array_equal(img[0].numpy(), data_b)
     check_error(folder, "no DICOM series with the requested series_uid", series_uid="9.9")
+
+
+# ---------------------------------------------------------------- NIfTI through nibabel: shear, scaling, kinds
+
+
+def sheared_affine():
+    """An oblique, anisotropic RAS affine with shear (0.05 off-diagonal) and a flipped x axis."""
+    shear = np.eye(4)
+    shear[0, 1], shear[1, 2] = 0.05, -0.05
+    affine = oblique_affine(spacing=(0.9, 1.3, 2.2), angles=(0.3, -0.2, 0.25)) @ shear
+    affine[:3, 0] *= -1  # LAS-like: orienting to RAS has to flip the first axis
+    return affine
+
+
+def unique_volume(rng, shape, dtype):
+    """Voxels whose values are all different and non-zero, so a value names the voxel it came from."""
+    return (rng.permutation(int(np.prod(shape))).reshape(shape) + 1).astype(dtype)
+
+
+def assert_placed_like_source(img, source_data, source_affine):
+    """Every voxel of ``img`` sits, through ``img``'s affine, at the world point of the source voxel of its value."""
+    values = np.asarray(img[0]).reshape(img.shape[1:])
+    where = {v: k for k, v in enumerate(source_data.ravel())}
+    source_ijk = np.stack(np.unravel_index([where[v] for v in values.ravel()], source_data.shape))
+    ijk = np.indices(values.shape).reshape(len(values.shape), -1)
+    affine = img.affine.numpy()
+    world = affine[:3, : ijk.shape[0]] @ ijk + affine[:3, 3:]
+    expected = source_affine[:3, :3] @ source_ijk + source_affine[:3, 3:]
+    np.testing.assert_allclose(world, expected, atol=1e-5)  # mm
+
+
+def test_nifti_with_shear_loads_and_slices_in_place(tmp_path, rng, one_thread):
+    affine, shape = sheared_affine(), (11, 9, 7)
+    data, mask = unique_volume(rng, shape, np.float32), unique_volume(rng, shape, np.int32)
+    image_path, mask_path = tmp_path / "sheared.nii.gz", tmp_path / "sheared_seg.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), image_path)
+    nib.save(nib.Nifti1Image(mask, affine), mask_path)
+    with pytest.raises(RuntimeError, match="orthonormal"):  # what made the reader refuse this legal file
+        sitk.ReadImage(str(image_path))
+    ref = nib.load(image_path)
+    gram = ref.affine[:3, :3].T @ ref.affine[:3, :3]
+    assert np.abs(gram - np.diag(np.diag(gram))).max() > 0.01  # the axes are not orthogonal
+
+    volume = SimpleITKReader().read(image_path)
+    assert isinstance(volume, LoadedVolume)  # no deferred failure
+    img = LoadImage(reader=SimpleITKReader(), image_only=True)(image_path)
+    np.testing.assert_array_equal(img.numpy(), np.asanyarray(ref.dataobj))
+    np.testing.assert_allclose(img.affine.numpy(), ref.affine, atol=1e-5)
+    np.testing.assert_allclose(img.meta["spacing"], np.linalg.norm(ref.affine[:3, :3], axis=0), atol=1e-6)
+    np.testing.assert_array_equal(img.meta["spatial_shape"], shape)
+
+    item = Compose(volume_transforms())({"image": str(image_path), "label": str(mask_path)})
+    assert item["image"].affine[0, 0] > 0  # the flipped axis was oriented to RAS
+    assert_placed_like_source(item["image"], data, ref.affine)
+    assert_placed_like_source(item["label"], mask, ref.affine)
+
+    cohort = SliceCohort([{"image": str(image_path), "label": str(mask_path)}], image_size=None, min_foreground=0.0)
+    assert len(cohort) == shape[2]
+    for slice_item in cohort:
+        assert slice_item["label"].shape == (1, 11, 9, 1)
+        assert_placed_like_source(slice_item["label"], mask, ref.affine)
+
+
+def test_nifti_scaling_byte_order_and_nifti2_as_nibabel(tmp_path):
+    raw = np.arange(3 * 4 * 5, dtype=">i2").reshape(3, 4, 5)
+    scaled = nib.Nifti1Image(raw, oblique_affine())
+    scaled.header.set_slope_inter(0.5, -10.0)
+    nib.save(scaled, tmp_path / "scaled.nii")
+    nib.save(nib.Nifti2Image(raw.astype(np.int16), oblique_affine()), tmp_path / "two.nii.gz")
+    for name, dtype in (("scaled.nii", "float64"), ("two.nii.gz", "int16")):
+        ref = nib.load(tmp_path / name)
+        img = LoadImage(reader=SimpleITKReader(), image_only=True, dtype=None)(tmp_path / name)
+        np.testing.assert_array_equal(img.numpy(), np.asanyarray(ref.dataobj))
+        np.testing.assert_allclose(img.affine.numpy(), ref.affine, atol=1e-6)
+        assert img.meta["source_dtype"] == dtype == np.asanyarray(ref.dataobj).dtype.name
+    assert float(load(tmp_path / "scaled.nii")[0, 1, 2, 3]) == 0.5 * raw[1, 2, 3] - 10.0
+
+
+def test_nifti_2d_4d_of_one_and_rgb(tmp_path, rng):
+    plane = rng.normal(size=(6, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(plane, oblique_affine()), tmp_path / "plane.nii")
+    img = load(tmp_path / "plane.nii")
+    assert img.shape == (1, 6, 5, 1)
+    np.testing.assert_array_equal(img[0, :, :, 0].numpy(), plane)
+    np.testing.assert_allclose(img.affine.numpy(), oblique_affine(), atol=1e-5)
+    np.testing.assert_array_equal(img.meta["spatial_shape"], [6, 5, 1])
+
+    nib.save(nib.Nifti1Image(plane[:, :, None, None], oblique_affine()), tmp_path / "one_time_point.nii")
+    assert load(tmp_path / "one_time_point.nii").shape == (1, 6, 5, 1)  # a 4D file with one volume is 3D
+
+    rgb = np.zeros((4, 5, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"], rgb["G"], rgb["B"] = 1, 2, 3
+    nib.save(nib.Nifti1Image(rgb, oblique_affine()), tmp_path / "rgb.nii.gz")
+    img = load(tmp_path / "rgb.nii.gz")
+    assert img.shape == (3, 4, 5, 3)
+    assert [float(img[c].min()) for c in range(3)] == [float(img[c].max()) for c in range(3)] == [1.0, 2.0, 3.0]
+
+
+# ---------------------------------------------------------------- bad NIfTI: the real cause, never SimpleITK's
+
+
+def nifti_bytes(shape=(8, 8, 8), dtype=np.float32, voxel_bytes=None):
+    """A single-file NIfTI-1 (header, empty extension flag, then ``voxel_bytes`` of random data or all voxels)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(oblique_affine(), code=1)
+    header["vox_offset"] = 352
+    if voxel_bytes is None:
+        voxel_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return header.binaryblock + bytes(4) + np.random.default_rng(0).bytes(voxel_bytes)
+
+
+def patched(raw, fmt, offset, value):
+    out = bytearray(raw)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+def bad_nifti(name):
+    good = nifti_bytes()
+    gz = gzip.compress(good)
+    zeros = gzip.compress(nifti_bytes(voxel_bytes=0) + bytes(2048))
+    return {
+        "truncated.nii": good[:1200],
+        "truncated.nii.gz": gz[: len(gz) // 2],
+        "truncated_header.nii.gz": gzip.compress(good)[:30],
+        "corrupt.nii.gz": zeros[:12] + b"\xff" * 8 + zeros[20:],
+        "short_header.nii": good[:200],
+        "text.nii": b"this is not an image, whatever its name says\n" * 20,
+        "text.nii.gz": gzip.compress(b"neither is this\n" * 50),
+        "zero_dim.nii": patched(good, "<h", 42, 0),
+        "negative_dim.nii": patched(good, "<h", 44, -3),
+        "dim0.nii": patched(good, "<h", 40, 9),
+        "datatype.nii": patched(good, "<h", 70, 999),
+        "pair.nii": good[:344] + b"ni1\0" + good[348:],
+        "analyze.nii": good[:344] + b"\0\0\0\0" + good[348:],
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("truncated.nii", r"header claims 2048 bytes of voxel data \(8x8x8 float32\) but the file holds 848 "),
+        ("truncated.nii.gz", r"is truncated: its gzip stream breaks off before the 2400 decompressed bytes"),
+        ("truncated_header.nii.gz", "is truncated: its gzip stream breaks off inside the NIfTI header"),
+        ("corrupt.nii.gz", "is gzip-compressed but its compressed data is corrupt"),
+        ("short_header.nii", "is truncated: 200 bytes, shorter than its 348-byte NIfTI header"),
+        ("text.nii", r"is not a NIfTI file: its first four bytes \(sizeof_hdr\) are neither 348"),
+        ("text.nii.gz", "is not a NIfTI file: its first four decompressed bytes"),
+        ("zero_dim.nii", "header dim\\[1:\\] is '0 8 8': every axis must hold at least one voxel"),
+        ("negative_dim.nii", "header dim\\[1:\\] is '8 -3 8': every axis must hold at least one voxel"),
+        ("dim0.nii", r"header dim\[0\] is 9: a NIfTI image has 1 to 7 dimensions"),
+        ("datatype.nii", "NIfTI header is invalid: data code 999 not recognized"),
+        ("pair.nii", "header magic 'ni1' says the voxels are in a separate .img file"),
+        ("analyze.nii", "is not a NIfTI file: header magic '' is not 'n\\+1'"),
+    ],
+)
+def test_bad_nifti_names_the_real_cause(tmp_path, name, match):
+    path = tmp_path / name
+    path.write_bytes(bad_nifti(name))
+    assert "SimpleITK" not in check_error(path, match)
+
+
+def test_nifti_named_gz_but_not_compressed_is_read(tmp_path, rng):
+    data = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, oblique_affine()), tmp_path / "plain.nii")
+    (tmp_path / "plain.nii.gz").write_bytes((tmp_path / "plain.nii").read_bytes())
+    np.testing.assert_array_equal(load(tmp_path / "plain.nii.gz")[0].numpy(), data)
+
+
+# ---------------------------------------------------------------- headers that claim more data than the file holds
+
+
+def run_measured(func, *args):
+    """Run ``func``; return its DataError message, the seconds taken, and the peak memory (traced, and max RSS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(DataError) as err:
+        func(*args)
+    seconds = time.perf_counter() - start
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return str(err.value), seconds, traced, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) * 1024
+
+
+def write_lying_itk(path, compress=False):
+    """An NRRD or MetaImage of 25x20x10 float32 voxels whose header is edited to claim 4000x4000x4000."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((10, 20, 25), np.float32)), str(path), compress)
+    raw = path.read_bytes()
+    lie = raw.replace(b"DimSize = 25 20 10", b"DimSize = 4000 4000 4000")
+    lie = lie.replace(b"sizes: 25 20 10", b"sizes: 4000 4000 4000")
+    assert lie != raw
+    path.write_bytes(lie)
+
+
+@pytest.mark.parametrize(
+    "name, held",
+    [
+        ("lie.nii", r"the file holds 10000 \("),
+        ("lie.nii.gz", r"the file holds \d+ compressed bytes, which inflate to at most \d+"),
+        ("lie.mha", r"the file holds 20000 \("),
+        ("lie_gz.mha", r"the file holds \d+ compressed bytes, which inflate to at most \d+"),
+        ("lie.nrrd", r"the file holds 20000 \("),
+        ("lie.mhd", r"lie.raw holds 20000 \("),
+    ],
+)
+def test_header_claiming_more_than_the_file_is_refused_before_allocating(tmp_path, name, held):
+    path = tmp_path / name
+    if name.endswith(".nii"):
+        path.write_bytes(nifti_bytes((4000, 4000, 4000), voxel_bytes=10_000))
+    elif name.endswith(".nii.gz"):
+        path.write_bytes(gzip.compress(nifti_bytes((4000, 4000, 4000), voxel_bytes=10_000)))
+    else:
+        write_lying_itk(path, compress="gz" in name)
+    message, seconds, traced, rss = run_measured(load, path)
+    assert message.startswith(str(path))
+    assert re.search(r"header claims 256000000000 bytes of voxel data \(4000x4000x4000 \w+\) but .*" + held, message)
+    assert seconds < 2 and traced < 200e6 and rss < 200e6
+
+
+def test_gzip_nifti_shorter_than_its_header_claims_is_checked_while_streaming(tmp_path):
+    """A claim within gzip's reach is checked against the decompressed data, never allocated up front."""
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes((100, 100, 100), voxel_bytes=10_000)))  # claims 4 MB
+    message, seconds, traced, _ = run_measured(load, path)
+    claim = "header claims 4000000 bytes of voxel data (100x100x100 float32) but the file holds 10000 once decompressed"
+    assert claim in message
+    assert message.startswith(str(path)) and seconds < 2 and traced < 2e6
+
+
+@pytest.mark.parametrize(
+    "name, edit, match",
+    [
+        ("zero.mha", (b"DimSize = 25 20 10", b"DimSize = 25 0 10"), "header DimSize is '25 0 10': every axis"),
+        ("negative.nrrd", (b"sizes: 25 20 10", b"sizes: 25 20 -10"), "header sizes is '25 20 -10': every axis"),
+        ("no_magic.nrrd", (b"NRRD0004", b"XXXX0004"), "is not an NRRD file"),
+        ("no_data.mha", (b"ElementDataFile", b"ElementDataFiel"), "has no ElementDataFile field"),
+        ("text_skip.nrrd", (b"encoding: raw", b"encoding: raw\nbyte skip: many"), "header byte skip is 'many', not an"),
+    ],
+)
+def test_bad_itk_headers(tmp_path, name, edit, match):
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((10, 20, 25), np.float32)), str(path))
+    raw = path.read_bytes()
+    assert edit[0] in raw
+    path.write_bytes(raw.replace(*edit))
+    check_error(path, match)
