@@ -94,6 +94,29 @@ def test_classes_from_mask_and_tensor_view(tmp_path, rng):
     assert isinstance(ds, SliceTensorDataset) and torch.equal(ds[3]["image"], images[3])
 
 
+def test_source_slices_are_the_source_values_in_place(tmp_path, rng):
+    affine = oblique_affine()
+    data = rng.integers(-50, 1000, size=(9, 7, 5)).astype(np.int16)
+    mask = np.zeros(data.shape, np.uint8)
+    mask[2:5, 2:5, 3] = 2
+    item = {"image": _nifti(tmp_path / "v.nii.gz", data, affine), "label": _nifti(tmp_path / "m.nii.gz", mask, affine)}
+    cohort = SliceCohort([item], image_size=None, min_foreground=0.0)
+    found = cohort.source_slices([3, 1])
+    assert sorted(found) == [1, 3]
+    for position, pair in found.items():
+        assert torch.equal(pair["image"].affine, cohort[position]["image"].affine)
+        # each pixel holds the source voxel (not normalised, not clipped) at the pixel's world point
+        voxel_of = np.linalg.inv(affine) @ pair["image"].affine.numpy()
+        for i in range(pair["image"].shape[1]):
+            for j in range(pair["image"].shape[2]):
+                index = voxel_of @ [i, j, 0, 1]
+                nearest = tuple(np.round(index[:3]).astype(int))
+                assert np.abs(index[:3] - nearest).max() < 1e-5
+                assert pair["image"][0, i, j, 0] == data[nearest] and pair["label"][0, i, j, 0] == mask[nearest]
+    with pytest.raises(ValueError, match="native resolution"):
+        SliceCohort([item], image_size=8, min_foreground=0.0).source_slices([0])
+
+
 def test_bad_volume_raise_or_skip(tmp_path, rng, caplog):
     good = _nifti(tmp_path / "good.nii.gz", rng.integers(0, 500, size=(8, 8, 3)).astype(np.int16), np.eye(4))
     bad_data = rng.random((8, 8, 3)).astype(np.float32)

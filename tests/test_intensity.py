@@ -13,7 +13,9 @@ from monai_mri_gan.transforms import (
     RobustNormalise,
     RobustNormalised,
     head_foreground,
+    head_region,
     invert_normalisation,
+    invert_slice_normalisation,
     otsu_threshold,
 )
 
@@ -76,6 +78,8 @@ def test_percentile_statistics_match_numpy(rng):
     assert meta["norm_foreground_voxels"] == int(head.sum())
     assert (meta["norm_lower_pct"], meta["norm_upper_pct"]) == (0.5, 99.5)
     assert np.isnan(meta["norm_mean"]) and np.isnan(meta["norm_std"])
+    air = src[~head]
+    assert meta["norm_background"] == np.median(air[air <= lo])
     expected = -1.0 + 2.0 * (np.clip(src, lo, hi) - lo) / (hi - lo)
     assert out.dtype == torch.float32 and out.shape == vol.shape
     np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-6)
@@ -214,3 +218,40 @@ def test_dictionary_form_uses_the_mask_key_and_collates(rng):
         transform({"image": vol_a})
     passthrough = RobustNormalised(keys=("image", "t2"), allow_missing_keys=True)({"image": vol_a})
     assert passthrough["image"].meta["norm_mask"] == "otsu" and "t2" not in passthrough
+
+
+def test_head_region_drops_specks_and_fills_holes():
+    plane = np.full((30, 34), -1.0)
+    plane[5:25, 6:28] = 0.5  # the head
+    plane[12:16, 14:18] = -1.0  # a dark ventricle inside it
+    plane[1, 1] = plane[28, 2] = 0.9  # bright specks in the air
+    region = head_region(plane, threshold=-0.9)
+    expected = np.zeros(plane.shape, bool)
+    expected[5:25, 6:28] = True
+    assert isinstance(region, np.ndarray) and np.array_equal(region, expected)
+    assert torch.equal(head_region(torch.as_tensor(plane), -0.9), torch.as_tensor(expected))
+    with pytest.raises(ValueError, match="one 2D plane"):
+        head_region(plane[None], -0.9)
+
+
+def test_invert_slice_gives_air_the_source_background(rng):
+    vol, head = head_volume(rng)
+    out = RobustNormalise()(vol)
+    meta = out.meta
+    k = SHAPE[2] // 2
+    real = out[:, :, :, k : k + 1]  # one slice, (1, H, W, 1)
+    air = ~head[:, :, k]
+    # a real slice mapped back: its air is the source's background level, the head as invert_normalisation gives it
+    back = invert_slice_normalisation(real, meta)
+    assert back.dtype == np.int16 and back.shape == tuple(real.shape)
+    assert np.all(back[0, air, 0] == np.rint(meta["norm_background"]))
+    np.testing.assert_array_equal(back[0, ~air, 0], invert_normalisation(real, meta)[0, ~air, 0])
+    # a generated slice: air noisy near -1 with bright specks (as a trained generator draws it) lands there too
+    noise = torch.as_tensor(rng.exponential(0.011, real.shape), dtype=torch.float32)
+    fake = torch.where(real <= -1, -1 + noise, real)
+    fake[0, 0, 0, 0] = fake[0, -1, 3, 0] = -0.7
+    generated = invert_slice_normalisation(fake, meta)
+    assert np.all(generated[0, air, 0] == np.rint(meta["norm_background"]))
+    # without the record of the background it refuses rather than guess
+    with pytest.raises(DataError, match="norm_background"):
+        invert_slice_normalisation(real, {k: v for k, v in meta.items() if k != "norm_background"})

@@ -233,4 +233,4 @@ def test_evaluation_bundle(setup, tmp_path):
     report = json.loads((out / "metrics.json").read_text())
     assert report["num_painted"] == 8 and report["segmenter"]["steps"] == 2
     assert set(report["metrics"]) >= {"painted_kid_mean", "copy_paste_kid_mean", "real_kid_mean", "painted_dice"}
-    assert (out / "painting_report.png").is_file()
+    assert (out / "local" / "painting_report.png").is_file() and not (out / "painting_report.png").exists()

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from monai.handlers import MLFlowHandler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from monai_mri_gan.data import make_demo_cohort
+from monai_mri_gan.handlers import describe_tracked_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "brain_mri_gan" / "configs"
@@ -67,8 +69,22 @@ def test_bundle_run_records_params_losses_metrics_and_grids(tmp_path):
 
     # every sample grid is an artifact, byte for byte the file the run wrote
     artifacts = _artifacts(client, run_id)
-    assert {"epoch_0001.png", "epoch_0002.png", "metrics.json"} <= set(artifacts)
-    (executed,) = [a for a in artifacts if a.startswith("config_") and a.endswith(".json")]
-    assert json.loads((out / executed).read_text())["experiment_name"] == "brain_mri_gan"
+    assert {"epoch_0001.png", "epoch_0002.png", "metrics.json", "samples.png", "metrics_vs_floor.png"} <= set(artifacts)
+    # local outputs stay local: the executed config (it names the data's folders) and pictures of real slices
+    assert (out / "local" / "closest_pairs.png").is_file() and "closest_pairs.png" not in artifacts
+    executed = list(out.glob("config_*.json"))
+    assert len(executed) == 1 and json.loads(executed[0].read_text())["experiment_name"] == "brain_mri_gan"
+    assert not [a for a in artifacts if a.startswith("config_")]
+    assert all(str(cohort.parent) not in json.dumps(v) for v in run.data.params.values())
     local = Path(client.download_artifacts(run_id, "epoch_0002.png", str(tmp_path / "download")))
     assert local.read_bytes() == (out / "samples" / "epoch_0002.png").read_bytes()
+
+
+def test_local_artifacts_are_uploaded_only_when_asked(tmp_path):
+    record = {"family": "whole_slice", "image_size": 64}
+    for upload_local, expected in [(False, ("grids",)), (True, ("config.json", "grids", "local"))]:
+        handler = MLFlowHandler(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}", artifacts=["config.json"])
+        (handler,) = describe_tracked_run([handler], record, ["grids"], log_every=5, local_artifacts=["local"],
+                                          upload_local=upload_local)
+        assert handler.artifacts == expected
+        assert handler.experiment_param == record and handler.iteration_log(None, 10)

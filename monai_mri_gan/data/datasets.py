@@ -18,7 +18,7 @@ from monai.transforms import Compose, LoadImaged, MapTransform, Orientationd, Sp
 from torch.utils.data import DataLoader
 
 from ..errors import DataError, ErrorPolicy
-from ..transforms import ExtractSlicesd, FitSliced, RobustNormalised
+from ..transforms import ExtractSlicesd, FitSliced, RobustNormalised, cut_slices
 from ..version import __version__
 from .readers import SimpleITKReader
 
@@ -262,6 +262,53 @@ class SliceCohort(torch.utils.data.Dataset):
             "single_slice_volumes": sum(1 for n in per_volume.values() if n == 1),
             "skipped": [{"input": err.path, "reason": err.problem} for err in self.policy.errors],
         }
+
+    def source_slices(self, positions: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The slices at ``positions`` as loaded from their sources: in source units and dtype, not normalised.
+
+        Each volume is read once (:func:`volume_transforms` with the cohort's spacing and volume index), however
+        many of the positions it holds. Only a cohort kept at native resolution (``image_size=None``) has its slices
+        on their sources' grids; a resized one has no source slice to give.
+
+        Args:
+            positions: positions in the cohort.
+
+        Returns:
+            position -> ``{"image": (C, H, W, 1) MetaTensor, "label": the mask's slice or None}``, each with the
+            affine of the cohort's slice.
+
+        Raises:
+            ValueError: when the cohort resizes its slices, or a slice cut from the source does not lie on the
+                cohort slice's grid.
+        """
+        if self.slice_kwargs.get("image_size", 128) is not None:
+            raise ValueError("source slices exist only for a cohort cut at native resolution (image_size=None).")
+        groups: dict[tuple[str, int], list[int]] = {}
+        for position in positions:
+            image = self.slices[position]["image"]
+            key = (str(image.meta.get("filename_or_obj")), int(self.slices[position]["slice_axis"]))
+            groups.setdefault(key, []).append(int(position))
+        load = Compose(volume_transforms(spacing=self.slice_kwargs.get("spacing"),
+                                         volume_index=self.slice_kwargs.get("volume_index")))
+        out: dict[int, dict[str, Any]] = {}
+        for (path, axis), members in groups.items():
+            first = self.slices[members[0]]
+            item = {"image": path}
+            label = first.get("label")
+            if label is not None and hasattr(label, "meta"):
+                item["label"] = str(label.meta.get("filename_or_obj"))
+            volume = load(item)
+            indices = [int(self.slices[p]["slice_index"]) for p in members]
+            images = cut_slices(volume["image"], indices, axis)
+            labels = cut_slices(volume["label"], indices, axis) if "label" in volume else [None] * len(members)
+            for position, image, mask in zip(members, images, labels, strict=True):
+                reference = self.slices[position]["image"]
+                if image.shape[1:] != reference.shape[1:] or not torch.allclose(
+                        image.affine.double(), reference.affine.double(), atol=1e-4):
+                    raise ValueError(f"{path}: slice {int(self.slices[position]['slice_index'])} loaded from the "
+                                     "source does not lie on the cohort slice's grid.")
+                out[position] = {"image": image, "label": mask}
+        return out
 
     def class_counts(self) -> dict[int, int]:
         """Number of slices per class."""

@@ -30,7 +30,8 @@ class EvaluationReportWriter:
     - ``metrics.json`` (atomic): feature space, epoch, sample sizes, class mode, key metric, and the sections
       ``generated`` (this run), ``real_vs_real`` (floors) and one per baseline generator (e.g. ``untrained``);
     - ``samples.png``: generated slices, one row per class;
-    - ``closest_pairs.png``: the generated slices closest to a real slice (generated left, real right);
+    - ``closest_pairs.png``: the generated slices closest to a real slice (generated left, real right), in
+      ``local_dir``: it shows real training slices, a local output that trackers do not upload unless asked;
     - ``metrics_vs_floor.png``: a bar per metric for the generated sample, the floor and the baselines.
 
     Args:
@@ -41,11 +42,14 @@ class EvaluationReportWriter:
         images: write the PNG files.
         per_row: slices per row of the sample grid.
         closest_pairs: pairs shown in ``closest_pairs.png``.
+        local_dir: folder of the pictures of real slices; None: ``output_dir``.
     """
 
     def __init__(self, output_dir: str | os.PathLike, baselines: Mapping[str, nn.Module] | None = None,
-                 baselines_once: bool = True, images: bool = True, per_row: int = 8, closest_pairs: int = 8) -> None:
+                 baselines_once: bool = True, images: bool = True, per_row: int = 8, closest_pairs: int = 8,
+                 local_dir: str | os.PathLike | None = None) -> None:
         self.output_dir = Path(output_dir)
+        self.local_dir = Path(local_dir) if local_dir is not None else self.output_dir
         self.baselines = dict(baselines or {})
         self.baselines_once = baselines_once
         self.images = images
@@ -81,7 +85,7 @@ class EvaluationReportWriter:
             save_sample_grid_png(engine.state.generated, report["generated_labels"],
                                  self.output_dir / "samples.png", per_row=self.per_row)
             save_closest_pairs_png(report["memorisation"], engine.state.generated, report["real_images"],
-                                   self.output_dir / "closest_pairs.png", n=self.closest_pairs, overwrite=True)
+                                   self.local_dir / "closest_pairs.png", n=self.closest_pairs, overwrite=True)
             series = {"generated": generated, "real_vs_real": record["real_vs_real"], **self._baseline_metrics}
             save_metric_bars_png(series, self.output_dir / "metrics_vs_floor.png")
         self.logger.info("evaluation report in %s", self.output_dir)
@@ -93,16 +97,19 @@ class PainterReportWriter:
     - ``metrics.json`` (atomic): the evaluator's ``settings``, the epoch and its flat ``metrics``;
     - ``painting_report.png``: the first ``per_row`` placements, one column each, in four rows: the healthy base
       window, the hole and the placed labels (:func:`~monai_mri_gan.handlers.hole_picture`), the painted window and
-      the copy-paste window. It shows real held-out anatomy: a local output, not a shareable one.
+      the copy-paste window, in ``local_dir``. It shows real held-out anatomy: a local output, not a shareable one.
 
     Args:
         output_dir: report folder (created).
         images: write the PNG.
         per_row: placements shown.
+        local_dir: folder of the picture; None: ``output_dir``.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, images: bool = True, per_row: int = 8) -> None:
+    def __init__(self, output_dir: str | os.PathLike, images: bool = True, per_row: int = 8,
+                 local_dir: str | os.PathLike | None = None) -> None:
         self.output_dir = Path(output_dir)
+        self.local_dir = Path(local_dir) if local_dir is not None else self.output_dir
         self.images = images
         self.per_row = int(per_row)
         self.logger = logging.getLogger(__name__)
@@ -120,7 +127,7 @@ class PainterReportWriter:
             crops = {k: v[: self.per_row] for k, v in report["crops"].items()}
             hole = hole_picture(crops["weights"], crops["labels"], report["label_values"])
             rows = torch.cat([crops["base"].float(), hole, crops["painted"].float(), crops["copy_paste"].float()])
-            save_grid_png(tile_rows(rows[:, 0], rows=4), self.output_dir / "painting_report.png")
+            save_grid_png(tile_rows(rows[:, 0], rows=4), self.local_dir / "painting_report.png")
         self.logger.info("painter evaluation report in %s", self.output_dir)
 
 

@@ -39,7 +39,8 @@ def every_n(n: int) -> Callable[[Any, int], bool]:
 
 
 def describe_tracked_run(handlers: Sequence, record: RunRecord | Mapping[str, Any],
-                         artifacts: Sequence[str | os.PathLike], log_every: int = 1) -> list:
+                         artifacts: Sequence[str | os.PathLike], log_every: int = 1,
+                         local_artifacts: Sequence[str | os.PathLike] = (), upload_local: bool = False) -> list:
     """Give every ``MLFlowHandler`` among ``handlers`` the run's parameters, artifact folders and logging interval.
 
     ``--tracking mlflow`` appends MONAI's default ``MLFlowHandler`` to the trainer's handlers; that handler records
@@ -47,12 +48,19 @@ def describe_tracked_run(handlers: Sequence, record: RunRecord | Mapping[str, An
     writes, and reads the losses at every iteration (a host synchronisation per step on a GPU). A handler that
     already has parameters or an iteration filter (a user's own settings file) keeps them.
 
+    A tracker is often a shared server, so only shareable outputs go there by default: the parameters (the run
+    record holds no path), the losses and metrics, and ``artifacts``. The handler's own artifact, the executed
+    config, names the user's data folders and datalists (hospital exports put patient names in them), so it counts
+    as local, with ``local_artifacts`` (pictures of real slices): both are uploaded only with ``upload_local``.
+
     Args:
         handlers: the trainer's handlers, before they are attached.
         record: the run record (its :meth:`~monai_mri_gan.runs.RunRecord.params`), or plain parameters.
-        artifacts: files or folders to record when the run completes (e.g. the sample grids and evaluation report),
-            in addition to the handler's own (the executed config).
+        artifacts: shareable files or folders to record when the run completes (e.g. generated sample grids and
+            the evaluation metrics).
         log_every: iterations between logged losses, as for the other loggers.
+        local_artifacts: local files or folders (pictures of real slices), recorded only with ``upload_local``.
+        upload_local: also record the executed config and ``local_artifacts``.
 
     Returns:
         ``handlers``, as a list.
@@ -64,6 +72,9 @@ def describe_tracked_run(handlers: Sequence, record: RunRecord | Mapping[str, An
                 handler.iteration_log = every_n(log_every)
             if not handler.experiment_param:
                 handler.experiment_param = params
-            known = [_repaired(a) for a in handler.artifacts if a]
-            handler.artifacts = tuple(known + [os.fspath(a) for a in artifacts if os.fspath(a) not in known])
+            wanted = [os.fspath(a) for a in artifacts]
+            if upload_local:
+                local = [os.fspath(a) for a in local_artifacts]
+                wanted = [_repaired(a) for a in handler.artifacts if a] + wanted + local
+            handler.artifacts = tuple(dict.fromkeys(wanted))
     return list(handlers)

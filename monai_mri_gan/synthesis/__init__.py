@@ -1,6 +1,6 @@
 """Synthesis: write generated and painted slices to NIfTI with their reference's geometry and a provenance sidecar."""
 
-from .augmentation import AUGMENTED_DATALIST, build_balanced_set, synthetic_quota
+from .augmentation import AUGMENTED_DATALIST, build_balanced_set, build_painted_set, synthetic_quota
 from .painter import PAINT_METHODS, LesionPainterSynthesiser
 from .provenance import (
     PHI_KEYS,
@@ -18,7 +18,7 @@ from .provenance import (
     write_sidecar,
 )
 from .sampler import SliceSynthesiser, as_flag, check_destinations, intensity_record
-from .writer import SyntheticSliceWriter, cast_to_dtype, write_synthetic_slice
+from .writer import SliceWriter, SyntheticSliceWriter, cast_to_dtype, write_synthetic_slice
 
 __all__ = [
     "AUGMENTED_DATALIST",
@@ -27,9 +27,11 @@ __all__ = [
     "PROVENANCE_KEY",
     "LesionPainterSynthesiser",
     "SliceSynthesiser",
+    "SliceWriter",
     "SyntheticSliceWriter",
     "as_flag",
     "build_balanced_set",
+    "build_painted_set",
     "cast_to_dtype",
     "check_destinations",
     "find_forbidden",

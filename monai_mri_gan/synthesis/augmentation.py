@@ -1,9 +1,25 @@
-"""Class-balanced augmentation sets: real slices plus enough synthetic minority-class slices to reach a class ratio.
+"""Augmented datalists: real and synthetic slices that a plain MONAI pipeline reads alike.
 
-:func:`build_balanced_set` counts the real slices per class (cut with the checkpoint's slicing configuration, so a
-slice counts as tumour exactly as it did in training), asks :class:`~monai_mri_gan.synthesis.SliceSynthesiser`
-for the missing minority-class slices, and writes a MONAI/Decathlon datalist that mixes both: real items point
-at a volume and a slice index, synthetic items at a synthetic NIfTI slice and its provenance sidecar.
+:func:`build_balanced_set` (whole-slice GAN) and :func:`build_painted_set` (lesion painter) count the real slices
+per class (cut with the checkpoint's slicing settings, so a slice counts as tumour exactly as it did in training),
+ask the family's synthesiser for the missing minority-class slices, and write a MONAI/Decathlon datalist that mixes
+both.
+
+Real and synthetic items are alike on purpose: a downstream model must not learn "synthetic" instead of "tumour".
+Every item is a 2D NIfTI slice (``(H, W, 1)``, its 4x4 affine in the header) with the same keys, so
+``LoadImaged(["image"])`` + ``EnsureChannelFirstd`` (+ ``SqueezeDimd(dim=-1)`` for a 2D network) read both into
+tensors of the same shape, spacing, orientation and dtype:
+
+- whole-slice sets: the real slices are written on the generator's grid (the run's ``image_size``), mapped back to
+  source units by the same :func:`~monai_mri_gan.transforms.invert_slice_normalisation` as the synthetic ones, so
+  the air around the head has the source's own background level in both;
+- painted sets: the real slices are written as loaded from their sources, at native resolution, like the healthy
+  base slices the painted ones keep outside their blend band; each item has a ``label`` mask (all zero for a
+  healthy slice).
+
+Real slices are copies of real anatomy: the datalist and its ``real`` folder are local outputs (see the privacy
+section of the docs). Their file names and ``subject`` values are keyed ids (HMAC under the run folder's
+``provenance_key``), never a path, a name or a datalist field of the source.
 """
 
 from __future__ import annotations
@@ -12,21 +28,30 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from monai.data import MetaTensor
 
+from ..transforms.intensity import invert_slice_normalisation
 from ..utils import replace_atomically
-from .sampler import SliceSynthesiser, as_flag
+from .painter import LesionPainterSynthesiser
+from .provenance import keyed_id, run_provenance_key
+from .sampler import SliceSynthesiser, as_flag, check_destinations
+from .writer import SliceWriter
 
-__all__ = ["AUGMENTED_DATALIST", "build_balanced_set", "synthetic_quota"]
+__all__ = ["AUGMENTED_DATALIST", "build_balanced_set", "build_painted_set", "synthetic_quota"]
 
 logger = logging.getLogger(__name__)
 
 AUGMENTED_DATALIST = "datalist_augmented.json"
 """File name of the mixed datalist in the output folder."""
+
+SYNTHETIC_SUBJECT = "synthetic"
+"""The ``subject`` of a whole-slice GAN sample, which shows no real subject's anatomy."""
 
 
 def synthetic_quota(counts: Mapping[int, int], num_classes: int, target_ratio: float = 1.0) -> dict[int, int]:
@@ -62,6 +87,82 @@ def _relative(path: str | os.PathLike, base: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
 
 
+class _RealSlices:
+    """Where and how the real slices of an augmented set are written: ``<output_dir>/real``, keyed file names."""
+
+    def __init__(self, cohort: Sequence[Mapping[str, Any]], output_dir: Path, key: bytes, compress: bool,
+                 overwrite: bool, with_label: bool) -> None:
+        self.cohort = cohort
+        self.output_dir = output_dir
+        self.key = key
+        self.overwrite = overwrite
+        self.with_label = with_label
+        self.suffix = ".nii.gz" if compress else ".nii"
+        self.image_writer = SliceWriter(overwrite=overwrite, allow_shear=True)
+        self.mask_writer = SliceWriter(output_dtype="int16", overwrite=overwrite, allow_shear=True)
+
+    def slice_id(self, s: Mapping[str, Any]) -> str:
+        image = s["image"]
+        return keyed_id(self.key, "real_slice", str(image.meta.get("filename_or_obj")), str(int(s["slice_axis"])),
+                        str(int(s["slice_index"])))[:20]
+
+    def paths(self, s: Mapping[str, Any]) -> dict[str, Path]:
+        stem = self.output_dir / "real" / f"real_{int(s['class'])}_{self.slice_id(s)}"
+        paths = {"image": stem.with_name(stem.name + self.suffix)}
+        if self.with_label:
+            paths["label"] = stem.with_name(stem.name + "_mask" + self.suffix)
+        return paths
+
+    def subject(self, s: Mapping[str, Any]) -> str:
+        subject = s.get("subject", s["image"].meta.get("filename_or_obj"))
+        return "subject-" + keyed_id(self.key, "subject", str(subject))[:16]
+
+    def destinations(self) -> list[Path]:
+        return [p for s in self.cohort for p in self.paths(s).values()]
+
+    def write(self, values: Callable[[int], tuple[np.ndarray, np.ndarray | None]], base: Path) -> list[dict[str, Any]]:
+        """Write every real slice (``values(position)`` gives its image and mask in source units) and list them."""
+        (self.output_dir / "real").mkdir(parents=True, exist_ok=True)
+        items = []
+        for position, s in enumerate(self.cohort):
+            image, mask = values(position)
+            affine = s["image"].affine
+            paths = self.paths(s)
+            self.image_writer.set_data_array(image)
+            self.image_writer.set_metadata({"affine": affine, "source_dtype": s["image"].meta.get("source_dtype")})
+            self.image_writer.write(paths["image"], overwrite=self.overwrite)
+            item = {"image": _relative(paths["image"], base)}
+            if self.with_label:
+                plane = np.zeros((1, *image.shape[1:]), np.int16) if mask is None else np.asarray(mask)
+                self.mask_writer.set_data_array(plane)
+                self.mask_writer.set_metadata({"affine": affine})
+                self.mask_writer.write(paths["label"], overwrite=self.overwrite)
+                item["label"] = _relative(paths["label"], base)
+            items.append({**item, "class": int(s["class"]), "synthetic": False, "subject": self.subject(s)})
+        return items
+
+
+def _write_document(path: Path, document: Mapping[str, Any], overwrite: bool) -> None:
+    data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
+    replace_atomically(path, lambda handle: handle.write(data), overwrite=overwrite)
+    logger.info("augmented set: real %s + synthetic %s slices per class -> %s",
+                document["real_counts"], document["synthetic_counts"], path)
+
+
+def _counts_document(description: str, class_names: Sequence[str], target_ratio: float,
+                     real: Mapping[int, int], quota: Mapping[int, int]) -> dict[str, Any]:
+    """The datalist's header: what it is, the classes and the counts."""
+    classes = range(len(class_names))
+    return {
+        "description": description,
+        "class_names": list(class_names),
+        "target_ratio": float(target_ratio),
+        "real_counts": {str(c): int(real.get(c, 0)) for c in classes},
+        "synthetic_counts": {str(c): int(quota.get(c, 0)) for c in classes},
+        "total_counts": {str(c): int(real.get(c, 0)) + int(quota.get(c, 0)) for c in classes},
+    }
+
+
 def build_balanced_set(
     ckpt_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -76,18 +177,18 @@ def build_balanced_set(
     cache_dir: str | os.PathLike | None = None,
     on_error: str = "raise",
 ) -> Path:
-    """Write synthetic minority-class slices and a datalist that mixes them with the real slices.
+    """Write synthetic minority-class slices of a whole-slice GAN and a datalist that mixes them with the real ones.
 
-    The datalist ``<output_dir>/datalist_augmented.json`` holds a ``training`` list with, first, one item per real
-    slice, ``{"image": <volume>, "label": <mask>, "slice_index": k, "slice_axis": a, "class": c,
-    "subject": ..., "synthetic": false}`` (``label`` only when the volume has one), then one item per synthetic
-    slice, ``{"image": <synthetic NIfTI>, "class": c, "synthetic": true, "provenance": <sidecar>}``; paths are
-    relative to the JSON's folder. Synthetic slices go to ``<output_dir>/synthetic``. Its other keys record the
-    counts, the ratio and the checkpoint's SHA-256.
+    ``<output_dir>/datalist_augmented.json`` holds a ``training`` list of items ``{"image", "class", "synthetic",
+    "subject"}``: first one per real slice of the cohort (written to ``<output_dir>/real`` on the generator's grid,
+    see the module docstring), then one per synthetic slice (``<output_dir>/synthetic``, each with its provenance
+    sidecar beside it, ``<stem>.json``). Paths are relative to the JSON's folder. Its other keys record the class
+    names, counts, the ratio, the seed and the checkpoint's SHA-256. Synthetic items have the subject
+    ``"synthetic"``; real ones a keyed id of their subject.
 
     Args:
         ckpt_path: a checkpoint file, or a training output folder (its latest checkpoint).
-        output_dir: folder of the datalist and the synthetic slices.
+        output_dir: folder of the datalist, the real copies and the synthetic slices.
         dataset_dir: folder of real volumes (see :func:`~monai_mri_gan.data.resolve_datalist`).
         datalist: datalist JSON of real volumes; with ``dataset_dir`` also None, the embedded demo cohort.
         target_ratio: minority/majority slice ratio to reach, in (0, 1].
@@ -103,54 +204,142 @@ def build_balanced_set(
         the path of the datalist JSON.
 
     Raises:
-        FileExistsError: when the datalist or a synthetic file exists and ``overwrite`` is False (nothing written).
+        FileExistsError: when the datalist or another output exists and ``overwrite`` is False (nothing written).
         ValueError: see :func:`synthetic_quota`.
     """
     output_dir = Path(output_dir)
     overwrite = as_flag(overwrite, "overwrite")
     datalist_path = output_dir / AUGMENTED_DATALIST
-    if not overwrite and datalist_path.exists():
-        raise FileExistsError(f"{datalist_path}: exists; pass overwrite=True to replace it (nothing written).")
     synthesiser = SliceSynthesiser(
         ckpt_path, output_dir / "synthetic", samples_per_class=0, seed=seed, dataset_dir=dataset_dir, datalist=datalist,
         overwrite=overwrite, compress=compress, use_ema=use_ema, device=device, cache_dir=cache_dir,
         on_error=on_error,
     )
     cohort = synthesiser.reference_cohort
+    real = _RealSlices(cohort, output_dir, synthesiser.key, as_flag(compress, "compress"), overwrite, with_label=False)
+    check_destinations([datalist_path, *real.destinations()], overwrite)
     real_counts = cohort.class_counts()
     quota = synthetic_quota(real_counts, synthesiser.num_classes, target_ratio)
     written = synthesiser.run(samples_per_class=quota)
 
-    real_items: list[dict[str, Any]] = []
-    for s in cohort:
-        item: dict[str, Any] = {"image": _relative(s["image"].meta["filename_or_obj"], output_dir)}
-        if s.get("label") is not None:
-            item["label"] = _relative(s["label"].meta["filename_or_obj"], output_dir)
-        item.update({"slice_index": int(s["slice_index"]), "slice_axis": int(s["slice_axis"]),
-                     "class": int(s["class"])})
-        if "subject" in s:
-            item["subject"] = s["subject"]
-        item["synthetic"] = False
-        real_items.append(item)
+    def values(position: int) -> tuple[np.ndarray, None]:
+        image = cohort[position]["image"]
+        return invert_slice_normalisation(image, image.meta), None
+
+    real_items = real.write(values, output_dir)
     synthetic_items = [
         {"image": _relative(w["image"], output_dir), "class": int(w["class"]), "synthetic": True,
-         "provenance": _relative(w["provenance"], output_dir)}
+         "subject": SYNTHETIC_SUBJECT}
         for w in written if w["kind"] == "slice"
     ]
-    total = {c: real_counts.get(c, 0) + quota[c] for c in range(synthesiser.num_classes)}
+    class_names = [synthesiser.class_name(c) for c in range(synthesiser.num_classes)]
     document = {
-        "description": "real slices and synthetic (generated) slices, balanced to a minority/majority class ratio",
-        "class_names": [synthesiser.class_name(c) for c in range(synthesiser.num_classes)],
-        "target_ratio": float(target_ratio),
-        "real_counts": {str(c): int(real_counts.get(c, 0)) for c in range(synthesiser.num_classes)},
-        "synthetic_counts": {str(c): int(n) for c, n in quota.items()},
-        "total_counts": {str(c): int(n) for c, n in total.items()},
+        **_counts_document("real slices and synthetic (generated) slices, balanced to a minority/majority class "
+                           "ratio; every item a 2D NIfTI slice on the generator's grid", class_names, target_ratio,
+                           real_counts, quota),
         "checkpoint_sha256": synthesiser.checkpoint_sha256,
         "seed": int(seed),
         "training": real_items + synthetic_items,
     }
-    data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
-    replace_atomically(datalist_path, lambda handle: handle.write(data), overwrite=overwrite)
-    logger.info("balanced set: real %s + synthetic %s slices per class -> %s",
-                document["real_counts"], document["synthetic_counts"], datalist_path)
+    _write_document(datalist_path, document, overwrite)
     return datalist_path
+
+
+def build_painted_set(
+    ckpt_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    target_ratio: float = 1.0,
+    seed: int = 0,
+    method: str = "gan",
+    overwrite: bool = False,
+    compress: bool = True,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    on_error: str = "raise",
+    placement: Mapping[str, Any] | None = None,
+) -> Path:
+    """Paint tumour slices with a lesion painter (or copy-paste) and write a segmentation datalist of real + painted.
+
+    ``<output_dir>/datalist_augmented.json`` holds a ``training`` list of items ``{"image", "label", "class",
+    "synthetic", "subject"}``: first one per real slice of the cohort at native resolution, as loaded from its
+    source, with its mask (all zero for a slice without one) in ``<output_dir>/real``; then one per painted slice
+    (``<output_dir>/synthetic``, with its mask and provenance sidecar), enough tumour slices to reach
+    ``target_ratio`` tumour/healthy. A painted item's ``subject`` is its base slice's subject (keyed), whose anatomy
+    it shows: keep it with that subject when splitting.
+
+    Args:
+        ckpt_path: a lesion painter checkpoint file, or its training output folder.
+        output_dir: folder of the datalist, the real copies and the painted slices.
+        dataset_dir: folder of real volumes, base slices and lesions alike (see
+            :func:`~monai_mri_gan.data.resolve_datalist`).
+        datalist: datalist JSON of real volumes; with ``dataset_dir`` also None, the embedded demo cohort.
+        target_ratio: tumour/healthy slice ratio to reach, in (0, 1].
+        seed: seed of the placements (and the painter's noise).
+        method: "gan" (the painter) or "copy_paste" (the real lesion's pixels, the comparator).
+        overwrite: replace existing outputs.
+        compress: write ``.nii.gz`` (else ``.nii``).
+        device: device of the generator; None for CPU.
+        cache_dir: optional on-disk cache of the real slices.
+        on_error: "raise" or "skip" bad real volumes.
+        placement: placement settings (see :class:`~monai_mri_gan.synthesis.LesionPainterSynthesiser`).
+
+    Returns:
+        the path of the datalist JSON.
+
+    Raises:
+        FileExistsError: when the datalist or another output exists and ``overwrite`` is False (nothing written).
+        ValueError: see :func:`synthetic_quota` and :class:`~monai_mri_gan.synthesis.LesionPainterSynthesiser`.
+    """
+    output_dir = Path(output_dir)
+    overwrite = as_flag(overwrite, "overwrite")
+    datalist_path = output_dir / AUGMENTED_DATALIST
+    synthesiser = LesionPainterSynthesiser(
+        ckpt_path, output_dir / "synthetic", num_samples=0, seed=seed, dataset_dir=dataset_dir, datalist=datalist,
+        method=method, overwrite=overwrite, compress=compress, device=device, cache_dir=cache_dir, on_error=on_error,
+        placement=placement,
+    )
+    cohort = synthesiser.base_cohort
+    key = run_provenance_key(synthesiser.key_path, output_dir)
+    real = _RealSlices(cohort, output_dir, key, as_flag(compress, "compress"), overwrite, with_label=True)
+    real_counts = cohort.class_counts()
+    quota = {0: 0, 1: synthetic_quota(real_counts, 2, target_ratio)[1]}
+    synthesiser.num_samples = quota[1]
+    check_destinations([datalist_path, *real.destinations()], overwrite)
+    written = synthesiser.run()
+    real_items = real.write(_source_values(cohort), output_dir)
+    painted_items = [
+        {"image": _relative(w["image"], output_dir), "label": _relative(w["mask"], output_dir), "class": 1,
+         "synthetic": True, "subject": real.subject(cohort[int(w["position"])])}
+        for w in written
+    ]
+    document = {
+        **_counts_document(f"real slices and painted tumour slices ({method}) with their masks, balanced to a "
+                           "tumour/healthy ratio; every item a 2D NIfTI slice at its source's resolution",
+                           ["no_tumour", "tumour"], target_ratio, real_counts, quota),
+        "method": method,
+        "checkpoint_sha256": synthesiser.checkpoint_sha256,
+        "seed": int(seed),
+        "training": real_items + painted_items,
+    }
+    _write_document(datalist_path, document, overwrite)
+    return datalist_path
+
+
+def _source_values(cohort: Any) -> Callable[[int], tuple[MetaTensor, MetaTensor | None]]:
+    """``position -> (image, mask)`` of a native-resolution cohort's source slices, one volume in memory at a time."""
+    volumes: dict[tuple[str, int], list[int]] = {}
+    for position, s in enumerate(cohort):
+        volumes.setdefault((str(s["image"].meta.get("filename_or_obj")), int(s["slice_axis"])), []).append(position)
+    volume_of = {p: members for members in volumes.values() for p in members}
+    loaded: dict[int, dict[str, Any]] = {}
+
+    def values(position: int) -> tuple[MetaTensor, MetaTensor | None]:
+        if position not in loaded:
+            loaded.clear()
+            loaded.update(cohort.source_slices(volume_of[position]))
+        found = loaded[position]
+        return found["image"], found["label"]
+
+    return values

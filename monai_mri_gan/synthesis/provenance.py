@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import secrets
+import zipfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -366,7 +367,10 @@ def find_forbidden(data: bytes, forbidden_values: Iterable[str | bytes]) -> list
 def scrub_check(
     paths: str | os.PathLike | Iterable[str | os.PathLike], forbidden_values: Iterable[str | bytes]
 ) -> list[tuple[Path, str | bytes]]:
-    """Search files as bytes for identifier values that must not be there; ``.gz`` files are searched decompressed.
+    """Search files as bytes for identifier values that must not be there, inside compressed containers too.
+
+    ``.gz`` files are also searched decompressed, and zip archives (PyTorch checkpoints are zip archives) member by
+    member, decompressed.
 
     Args:
         paths: a file or folder, or several; folders are searched recursively.
@@ -386,6 +390,10 @@ def scrub_check(
         contents = [path.read_bytes()]
         if path.suffix == ".gz":
             contents.append(gzip.decompress(contents[0]))
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                contents.extend(archive.read(name) for name in archive.namelist())
+                contents.append("\n".join(archive.namelist()).encode("utf-8"))
         hits.extend((path, value) for value in forbidden if any(find_forbidden(c, [value]) for c in contents))
     return hits
 

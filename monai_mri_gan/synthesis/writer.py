@@ -1,4 +1,4 @@
-"""Write synthetic slices to NIfTI with their reference's exact geometry, a synthetic label and a provenance sidecar.
+"""Write slices to NIfTI with exact geometry; synthetic ones with a synthetic label and a provenance sidecar.
 
 A synthetic slice ``(1, H, W, 1)`` is written as a 3D ``(H, W, 1)`` NIfTI (the singleton through-plane axis keeps
 the slice's position and spacing), with qform and sform both set to its RAS affine, pixdim from the affine's
@@ -26,7 +26,7 @@ from ..utils import commit_file, replace_atomically, stage_file
 from ..version import __version__
 from .provenance import NIFTI_SUFFIXES, find_forbidden, sidecar_bytes, sidecar_path, synthetic_descrip
 
-__all__ = ["SyntheticSliceWriter", "cast_to_dtype", "write_synthetic_slice"]
+__all__ = ["SliceWriter", "SyntheticSliceWriter", "cast_to_dtype", "write_synthetic_slice"]
 
 DEFAULT_DESCRIP = f"SYNTHETIC monai-mri-gan {__version__}"
 _GEOMETRY_TOL = 1e-4
@@ -79,26 +79,20 @@ def _ascii(text: str, size: int) -> bytes:
     return text.encode("ascii", errors="replace")[:size]
 
 
-class SyntheticSliceWriter(NibabelWriter):
-    """Write synthetic slices, and volumes of them, to NIfTI with exact geometry and a JSON provenance sidecar.
+class SliceWriter(NibabelWriter):
+    """Write a 2D slice, or a volume, to NIfTI with exact geometry, atomically, never resampling.
 
-    It follows MONAI's writer protocol (``set_data_array``, ``set_metadata``, ``write``), so it also works as
-    ``SaveImage(writer=SyntheticSliceWriter, resample=False)``, but it never resamples: a synthetic slice is
-    written on its reference's grid. :meth:`write_slice` and :meth:`write_volume` write the NIfTI and its
-    sidecar as a pair.
-
-    .. code-block:: python
-
-        writer = SyntheticSliceWriter(output_dtype="int16")
-        record = provenance_record(...)  # see monai_mri_gan.synthesis.provenance
-        writer.write_slice(fake, "out/fake_0003.nii.gz", record, affine=reference_slice.affine)
+    A slice ``(C, H, W, 1)`` becomes a 3D ``(H, W, 1)`` NIfTI whose qform and sform both hold its RAS affine, with
+    pixdim from the affine's column norms and ``xyzt_units`` mm. It follows MONAI's writer protocol
+    (``set_data_array``, ``set_metadata``, ``write``), so it also works as ``SaveImage(writer=SliceWriter,
+    resample=False)``. Real slices written beside synthetic ones (augmented datalists) go through it, so that both
+    have the same header layout; :class:`SyntheticSliceWriter` adds the synthetic label and the sidecar.
 
     Args:
         output_dtype: numpy dtype of the written values; None uses the input's ``meta["source_dtype"]`` when
             present, else the data's own dtype. Integer types are rounded and clipped (see :func:`cast_to_dtype`).
         xform_code: NIfTI qform and sform code: 1 scanner (default), 2 aligned, 3 Talairach, 4 MNI, 5 template.
-        descrip: default header ``descrip``; prefixed with ``SYNTHETIC`` if it does not start with it, and cut to
-            80 ASCII bytes.
+        descrip: default header ``descrip`` (cut to 80 ASCII bytes).
         intent_name: header ``intent_name`` (at most 16 bytes).
         compresslevel: gzip level for ``.nii.gz`` files (1 is fast and close to the best size for MRI).
         overwrite: default for replacing existing files.
@@ -113,8 +107,8 @@ class SyntheticSliceWriter(NibabelWriter):
         self,
         output_dtype: DtypeLike | None = None,
         xform_code: int = 1,
-        descrip: str = DEFAULT_DESCRIP,
-        intent_name: str = "synthetic",
+        descrip: str = "",
+        intent_name: str = "",
         compresslevel: int = 1,
         overwrite: bool = False,
         fsync: bool = False,
@@ -176,7 +170,7 @@ class SyntheticSliceWriter(NibabelWriter):
             ValueError: when ``resample`` is True.
         """
         if resample:
-            raise ValueError("SyntheticSliceWriter writes on the reference slice's grid and never resamples.")
+            raise ValueError(f"{type(self).__name__} writes on the slice's own grid and never resamples.")
         meta_dict = meta_dict or {}
         if meta_dict.get("affine") is not None:
             self.affine = _as_affine(meta_dict["affine"])
@@ -192,7 +186,7 @@ class SyntheticSliceWriter(NibabelWriter):
         return np.dtype(self.data_obj.dtype)
 
     def create_header(self, descrip: str | None = None) -> nib.Nifti1Header:
-        """The NIfTI header for the current data and affine: geometry, dtype, units and the synthetic label.
+        """The NIfTI header for the current data and affine: geometry, dtype, units and ``descrip``.
 
         Args:
             descrip: header ``descrip``; defaults to the writer's.
@@ -203,7 +197,7 @@ class SyntheticSliceWriter(NibabelWriter):
         if self.data_obj is None:
             raise ValueError("no data: call set_data_array first.")
         if self.affine is None:
-            raise ValueError("no affine: a synthetic slice must borrow its reference's geometry.")
+            raise ValueError("no affine: a slice is written with its geometry, and none was given.")
         affine = _as_affine(self.affine)
         header = self._header.copy()
         header.set_data_shape(np.shape(self.data_obj))
@@ -215,9 +209,12 @@ class SyntheticSliceWriter(NibabelWriter):
                 "the affine has shear, which a NIfTI qform cannot hold; qform and sform would disagree "
                 "(pass allow_shear=True to write the exact sform and the nearest rotation as qform)."
             )
-        text = descrip if descrip is not None else self.descrip
-        header["descrip"] = _ascii(text if text.startswith("SYNTHETIC") else f"SYNTHETIC {text}", 80)
+        header["descrip"] = _ascii(self._label(descrip if descrip is not None else self.descrip), 80)
         return header
+
+    def _label(self, descrip: str) -> str:
+        """The header ``descrip`` written for ``descrip``."""
+        return descrip
 
     def create_nifti(self, descrip: str | None = None) -> nib.Nifti1Image:
         """The ``Nifti1Image`` for the current data and affine, with the header of :meth:`create_header`.
@@ -275,6 +272,31 @@ class SyntheticSliceWriter(NibabelWriter):
             filename, lambda handle: handle.write(self._file_bytes(self.create_header(descrip), compress)),
             overwrite=overwrite, fsync=self.fsync,
         )
+
+class SyntheticSliceWriter(SliceWriter):
+    """Write synthetic slices, and volumes of them, to NIfTI with exact geometry and a JSON provenance sidecar.
+
+    A :class:`SliceWriter` whose header ``descrip`` always starts with ``SYNTHETIC`` and whose ``intent_name`` is
+    ``synthetic``: a synthetic slice is written on its reference's grid. :meth:`write_slice` and
+    :meth:`write_volume` write the NIfTI and its sidecar as a pair.
+
+    .. code-block:: python
+
+        writer = SyntheticSliceWriter(output_dtype="int16")
+        record = provenance_record(...)  # see monai_mri_gan.synthesis.provenance
+        writer.write_slice(fake, "out/fake_0003.nii.gz", record, affine=reference_slice.affine)
+
+    Args:
+        descrip: default header ``descrip``; prefixed with ``SYNTHETIC`` if it does not start with it.
+        intent_name: header ``intent_name`` (at most 16 bytes).
+        kwargs: the other arguments of :class:`SliceWriter`.
+    """
+
+    def __init__(self, descrip: str = DEFAULT_DESCRIP, intent_name: str = "synthetic", **kwargs: Any) -> None:
+        super().__init__(descrip=descrip, intent_name=intent_name, **kwargs)
+
+    def _label(self, descrip: str) -> str:
+        return descrip if descrip.startswith("SYNTHETIC") else f"SYNTHETIC {descrip}"
 
     def _write_pair(
         self,

@@ -7,6 +7,7 @@ from .intensity import (
     RobustNormalised,
     head_foreground,
     invert_normalisation,
+    invert_slice_normalisation,
     normalisation_stats,
     otsu_threshold,
 )
@@ -25,6 +26,7 @@ from .lesions import (
     lesion_window,
     paste_lesion,
 )
+from .morphology import component_ids, fill_holes, head_region
 from .slices import (
     ExtractSlices,
     ExtractSlicesd,
@@ -52,12 +54,16 @@ __all__ = [
     "RobustNormalise",
     "RobustNormalised",
     "blend_weights",
+    "component_ids",
     "composite",
     "crop_plane",
     "cut_slice",
     "cut_slices",
+    "fill_holes",
     "head_foreground",
+    "head_region",
     "invert_normalisation",
+    "invert_slice_normalisation",
     "lesion_components",
     "lesion_window",
     "normalisation_stats",

@@ -19,6 +19,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 
 from ..errors import DataError
+from .morphology import head_region
 
 __all__ = [
     "NORM_META_KEYS",
@@ -27,6 +28,7 @@ __all__ = [
     "RobustNormalised",
     "head_foreground",
     "invert_normalisation",
+    "invert_slice_normalisation",
     "normalisation_stats",
     "otsu_threshold",
 ]
@@ -44,6 +46,7 @@ NORM_META_KEYS = (
     "norm_upper_pct",
     "norm_otsu_threshold",
     "norm_foreground_voxels",
+    "norm_background",
 )
 """The meta keys written by :class:`RobustNormalise`, all flat scalars (str, float or int)."""
 
@@ -155,7 +158,9 @@ def normalisation_stats(
         mask_name: what to record under ``norm_mask`` when ``mask`` is given.
 
     Returns:
-        a dict with the keys of :data:`NORM_META_KEYS`; unused statistics are nan.
+        a dict with the keys of :data:`NORM_META_KEYS`; unused statistics are nan. ``norm_background`` is the
+        source's own background level: the median of the voxels outside the foreground that lie at or below the
+        lower clip point (``norm_in_low`` when there are none).
 
     Raises:
         ValueError: for an unknown ``mode`` or inconsistent percentiles / ranges.
@@ -200,6 +205,9 @@ def normalisation_stats(
         problem = f"the foreground is constant (mean {mean}, standard deviation 0)"
     if not in_high > in_low:
         raise DataError(path, f"{problem}; the volume cannot be normalised.")
+    outside = arr[~fg]
+    outside = outside[outside <= in_low]
+    background = float(np.median(outside)) if outside.size else in_low
     return {
         "norm_mode": mode,
         "norm_mask": mask_name,
@@ -213,6 +221,7 @@ def normalisation_stats(
         "norm_upper_pct": float(upper) if mode == "percentile" else float("nan"),
         "norm_otsu_threshold": otsu,
         "norm_foreground_voxels": int(values.size),
+        "norm_background": background,
     }
 
 
@@ -232,7 +241,9 @@ class RobustNormalise(Transform):
     ("otsu", or the mask's name), ``norm_in_low`` / ``norm_in_high`` (source units mapped to the ends of
     the range), ``norm_out_low`` / ``norm_out_high``, ``norm_mean`` / ``norm_std`` (nan in percentile mode),
     ``norm_lower_pct`` / ``norm_upper_pct`` (nan in zscore mode), ``norm_otsu_threshold`` (nan with a
-    given mask) and ``norm_foreground_voxels``. :func:`invert_normalisation` undoes the map.
+    given mask), ``norm_foreground_voxels`` and ``norm_background`` (the source's background level, see
+    :func:`normalisation_stats`). :func:`invert_normalisation` undoes the map; :func:`invert_slice_normalisation`
+    also gives the air around the head its source level back.
 
     Args:
         mode: "percentile" or "zscore".
@@ -319,10 +330,14 @@ def invert_normalisation(
             f"no normalisation record (missing {', '.join(missing)}); was RobustNormalise applied?",
         )
     in_low, in_high, out_low, out_high = (
-        float(np.asarray(convert_to_numpy(meta[k])).reshape(-1)[0])
-        for k in ("norm_in_low", "norm_in_high", "norm_out_low", "norm_out_high")
+        _scalar(meta, k) for k in ("norm_in_low", "norm_in_high", "norm_out_low", "norm_out_high")
     )
     values = _linear_map(convert_to_numpy(array, dtype=np.float64), out_low, out_high, in_low, in_high)
+    return _cast(values, meta, dtype)
+
+
+def _cast(values: np.ndarray, meta: Mapping[str, Any], dtype: np.dtype | str | type | torch.dtype | None) -> np.ndarray:
+    """``values`` in ``dtype`` (None: ``meta["source_dtype"]`` or float32), rounded and clipped for integer types."""
     if dtype is None:
         dtype = meta.get("source_dtype") or np.float32
     target = np.dtype(str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype)
@@ -330,6 +345,51 @@ def invert_normalisation(
         info = np.iinfo(target)
         values = np.clip(np.rint(values), info.min, info.max)
     return values.astype(target)
+
+
+def _scalar(meta: Mapping[str, Any], key: str) -> float:
+    """A ``norm_*`` record value as a float (collated batches hold it as a one-element tensor or list)."""
+    return float(np.asarray(convert_to_numpy(meta[key])).reshape(-1)[0])
+
+
+#: Fraction of the training range above its low end that still counts as air in a generated slice.
+BACKGROUND_MARGIN = 0.05
+
+
+def invert_slice_normalisation(
+    image: NdarrayOrTensor, meta: Mapping[str, Any], dtype: np.dtype | str | type | torch.dtype | None = None
+) -> np.ndarray:
+    """Map a whole slice back to source units like the real slices it stands beside, air included.
+
+    :func:`invert_normalisation` maps the low end of the training range to the lower clip point, so a slice mapped
+    back with it alone has air at that level (hundreds, for MRI), where the source has its own background level
+    (often 0): a downstream model could tell synthetic slices from real ones by their background alone. Here the
+    air around the head, found by :func:`~monai_mri_gan.transforms.morphology.head_region` on the channel mean in
+    training space (pixels above ``BACKGROUND_MARGIN`` of the range over its low end, specks dropped, holes
+    filled), takes the source's ``norm_background`` instead. A real slice normalised and mapped back this way
+    keeps its source background exactly; everything inside the head is :func:`invert_normalisation`'s.
+
+    Args:
+        image: one slice in training space, ``(C, H, W)`` or ``(C, H, W, 1)``.
+        meta: the normalised slice's meta, holding the ``norm_*`` keys (``norm_background`` included).
+        dtype: output dtype; None uses ``meta["source_dtype"]`` when present, float32 otherwise.
+
+    Returns:
+        a numpy array of ``image``'s shape in source units and ``dtype``.
+
+    Raises:
+        DataError: when ``meta`` lacks the normalisation record or its ``norm_background``.
+    """
+    values = invert_normalisation(image, meta, dtype=np.float64)
+    if "norm_background" not in meta:
+        raise DataError(meta.get("filename_or_obj") or "<unknown>",
+                        "no norm_background in the normalisation record; was it made by this version?")
+    low, high = _scalar(meta, "norm_out_low"), _scalar(meta, "norm_out_high")
+    array = convert_to_numpy(image, dtype=np.float64)
+    plane = array.mean(axis=0).reshape(array.shape[1], array.shape[2])
+    outside = ~head_region(plane, low + BACKGROUND_MARGIN * (high - low))
+    values[:, outside.reshape(values.shape[1:])] = _scalar(meta, "norm_background")
+    return _cast(values, meta, dtype)
 
 
 class RobustNormalised(MapTransform):
