@@ -147,6 +147,11 @@ def test_skip_reaches_discovery_in_the_training_bundles(tmp_path, bundle):
     parser.read_config(Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "train.json")
     parser.update({"dataset_dir": str(tmp_path), "on_error": "skip"})
     assert parser.get_parsed_content("train#datalist") == [{"image": good, "subject": subject_id("good/vol")}]
+    # the run's summary (cohort.json) lists the series discovery left out, and why
+    summary = parser.get_parsed_content("train#cohort").summary()
+    assert summary["volumes"] == {"read": 2, "used": 1, "skipped": 1}
+    (skipped,) = summary["skipped"]
+    assert skipped["input"].startswith(str(tmp_path / "bad")) and "no ImagePositionPatient" in skipped["reason"]
     parser.update({"on_error": "raise"})
     with pytest.raises(RuntimeError, match="resolve_datalist") as err:  # MONAI wraps what a component raises
         parser.get_parsed_content("train#datalist", lazy=False)

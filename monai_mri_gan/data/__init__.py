@@ -12,13 +12,14 @@ from .datasets import (
     volume_transforms,
 )
 from .demo import DEMO_CLASSES, demo_cohort, make_demo_cohort, render_demo_figure
-from .discovery import build_datalist, discover_volumes, load_datalist, resolve_datalist, subject_id
+from .discovery import Datalist, build_datalist, discover_volumes, load_datalist, resolve_datalist, subject_id
 from .lesion_crops import LesionCrops
 from .readers import SimpleITKReader
 
 __all__ = [
     "DEMO_CLASSES",
     "CheckSameGridd",
+    "Datalist",
     "LesionCrops",
     "SimpleITKReader",
     "SliceCohort",

@@ -210,10 +210,12 @@ class SliceCohort(torch.utils.data.Dataset):
                              f"{sorted(inspect.signature(slice_transforms).parameters)}.")
         self.slice_kwargs = slice_kwargs
         transform = Compose(slice_transforms(**slice_kwargs))
+        # inputs that discovery already left out (a Datalist remembers them) belong in this run's summary too
+        self.policy.errors.extend(getattr(datalist, "skipped", []))
         datalist = [dict(item) for item in datalist]
         if not datalist:
             raise DataError("<datalist>", "no volumes to read.")
-        self.num_volumes = len(datalist)
+        self.num_volumes = len(datalist) + len(self.policy.errors)
         if cache_dir is not None:
             key = hashlib.sha256(json.dumps([__version__, slice_kwargs], sort_keys=True, default=str).encode())
             dataset = PersistentDataset(datalist, transform, cache_dir=Path(cache_dir) / key.hexdigest()[:16],

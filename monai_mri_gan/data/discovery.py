@@ -29,6 +29,7 @@ from monai_mri_gan.errors import DataError, ErrorPolicy
 
 __all__ = [
     "MASK_SUFFIXES",
+    "Datalist",
     "subject_id",
     "split_volume_name",
     "discover_volumes",
@@ -95,7 +96,23 @@ def _visible(names: Sequence[str]) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
 
 
-def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | None = None) -> list[dict]:
+class Datalist(list):
+    """Datalist items (a plain ``list`` of dicts) that also remember the inputs discovery skipped, and why.
+
+    :class:`~monai_mri_gan.data.SliceCohort` adds :attr:`skipped` to its own, so that a run's summary
+    (``cohort.json``) lists what was left out at every stage.
+
+    Args:
+        items: the datalist items.
+        skipped: the errors of the inputs left out with ``on_error="skip"``.
+    """
+
+    def __init__(self, items: Sequence[dict] = (), skipped: Sequence[DataError] = ()) -> None:
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | None = None) -> Datalist:
     """Walk a folder recursively and list its DICOM series and volume files, each paired with its mask.
 
     DICOM files are recognised by content (with or without the ``.dcm`` extension) and grouped by series.
@@ -114,9 +131,10 @@ def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | No
             are not filtered.
 
     Returns:
-        items ``{"image": str | list[str], "label": str (when a mask was found), "subject": str}`` sorted by
-        image path; ``subject`` is a hash of PatientID and StudyInstanceUID for DICOM, or of the path relative
-        to ``root`` (stem reduced to the mask's for paired files, so that a subject's modalities share it).
+        a :class:`Datalist` (a list, with the skipped inputs in ``skipped``) of items ``{"image": str | list[str],
+        "label": str (when a mask was found), "subject": str}`` sorted by image path; ``subject`` is a hash of
+        PatientID and StudyInstanceUID for DICOM, or of the path relative to ``root`` (stem reduced to the mask's
+        for paired files, so that a subject's modalities share it).
 
     Raises:
         DataError: when ``root`` is not a folder or holds no volume, and (with on_error="raise") on a bad
@@ -135,7 +153,7 @@ def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | No
         raise DataError(root, "no image volumes found (looked for DICOM series, NIfTI, NRRD and MetaImage files).")
     if policy.errors:
         logger.warning(policy.summary())
-    return sorted(items, key=_sort_key)
+    return Datalist(sorted(items, key=_sort_key), skipped=policy.errors)
 
 
 def _folder_items(
