@@ -2,6 +2,7 @@
 
 import glob
 import gzip
+import json
 import os
 import re
 import resource
@@ -122,7 +123,7 @@ def assert_no_identifiers(meta):
         assert secret not in text
     assert set(meta) <= {
         "affine", "original_affine", "space", "spatial_shape", "original_channel_dim", "spacing",
-        "source_format", "source_dtype", "filename_or_obj",
+        "source_format", "source_dtype", "filename_or_obj", "acquisition",
     }  # fmt: skip
 
 
@@ -162,6 +163,31 @@ def test_dicom_series_oblique_nested_shuffled(tmp_path):
     assert img.meta["source_format"] == "dicom"
     assert img.meta["source_dtype"] == sitk.GetArrayViewFromImage(ref).dtype.name
     assert_no_identifiers(img.meta)
+
+
+def test_acquisition_whitelist_from_dicom_and_bids(tmp_path):
+    """Field strength, TR, TE, TI, flip angle, modality and contrast reach the meta in BIDS units; free text not."""
+    folder = tmp_path / "series"
+    write_dicom_series(folder, MagneticFieldStrength="1.5", RepetitionTime="550", EchoTime="12.5",
+                       FlipAngle="70", ContrastBolusAgent="GADOVIST", SeriesDescription=f"T1 {PATIENT_NAME}",
+                       ProtocolName=PATIENT_ID)
+    meta = load(folder).meta
+    assert json.loads(meta["acquisition"]) == {"Modality": "MR", "MagneticFieldStrength": 1.5, "RepetitionTime": 0.55,
+                                               "EchoTime": 0.0125, "FlipAngle": 70.0, "ContrastAgentGiven": True}
+    assert_no_identifiers(meta)
+    assert "GADOVIST" not in meta["acquisition"]
+    # a NIfTI with the BIDS sidecar dcm2niix writes; values of the wrong kind are dropped, not copied
+    path = tmp_path / "sub-01_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 3), np.float32), oblique_affine()), path)
+    (tmp_path / "sub-01_T1w.json").write_text(json.dumps({
+        "Modality": "MR", "MagneticFieldStrength": 3, "RepetitionTime": 2.3, "EchoTime": "0.003 (see notes)",
+        "InversionTime": 0.9, "FlipAngle": float("nan"), "ContrastBolusIngredient": "", "SeriesDescription":
+        PATIENT_NAME, "PatientName": PATIENT_NAME}))
+    assert json.loads(load(path).meta["acquisition"]) == {
+        "Modality": "MR", "MagneticFieldStrength": 3.0, "RepetitionTime": 2.3, "InversionTime": 0.9,
+        "ContrastAgentGiven": False}
+    (tmp_path / "sub-01_T1w.json").write_text("{not json")
+    assert load(path).meta["acquisition"] == "{}"
 
 
 def test_read_dicom_series_geometry_orders_by_position(tmp_path):

@@ -14,7 +14,7 @@ import gzip
 import os
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -31,6 +31,8 @@ from numpy.lib.recfunctions import structured_to_unstructured
 from pydicom.dataset import Dataset
 
 from monai_mri_gan.errors import DataError
+
+from .acquisition import acquisition_json, bids_acquisition, dicom_acquisition
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -265,12 +267,14 @@ class LoadedVolume:
         affine: 4x4 affine (RAS, mm) mapping voxel (x, y, z) to world coordinates; it may hold shear (NIfTI).
         path: the file or folder it was read from, for error messages.
         source_format: "dicom", "nifti", "nrrd" or "metaimage".
+        acquisition: the whitelisted acquisition attributes (see :mod:`monai_mri_gan.data.acquisition`).
     """
 
     array: np.ndarray
     affine: np.ndarray
     path: str
     source_format: str
+    acquisition: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -301,7 +305,10 @@ class SimpleITKReader(ImageReader):
     The returned array has axes (x, y, z) (not reversed). Metadata: ``affine`` and ``original_affine``
     (RAS), ``space`` ("RAS"), ``spatial_shape``, ``spacing`` (the column norms of the affine's 3x3 part),
     ``original_channel_dim`` (nan for scalar volumes), ``source_format`` and ``source_dtype`` (numpy dtype
-    name of the values after any DICOM rescale or NIfTI scaling). Nothing else from the file headers is copied.
+    name of the values after any DICOM rescale or NIfTI scaling), and ``acquisition``: a JSON string of the few
+    whitelisted acquisition attributes (field strength, TR, TE, TI, flip angle, modality, contrast given; see
+    :mod:`monai_mri_gan.data.acquisition`) from the DICOM header or a NIfTI's BIDS sidecar. Nothing else from
+    the file headers is copied: no identifier, no free text.
 
     Args:
         volume_index: which volume of a 4D image (3D + time, or several volumes) to load; 4D images are
@@ -408,10 +415,12 @@ class SimpleITKReader(ImageReader):
 
     def _read_one(self, paths: list[str], fmt: str, volume_index: int | None, series_uid: str | None) -> LoadedVolume:
         where = paths[0] if len(paths) == 1 else str(Path(paths[0]).parent)
+        acquisition: dict = {}
         if fmt == "dicom":
-            array, affine, vector = self._read_dicom(paths, series_uid)
+            array, affine, vector, acquisition = self._read_dicom(paths, series_uid)
         elif fmt == "nifti":
             array, affine, vector = _read_nifti(where)
+            acquisition = bids_acquisition(where)
         else:
             _check_itk_header(where, fmt)
             try:
@@ -422,9 +431,9 @@ class SimpleITKReader(ImageReader):
             affine = _sitk_affine_ras(image)
         array = _to_3d(array, vector, where, volume_index)
         _raise_if_nonfinite(array, where)
-        return LoadedVolume(array=array, affine=affine, path=where, source_format=fmt)
+        return LoadedVolume(array=array, affine=affine, path=where, source_format=fmt, acquisition=acquisition)
 
-    def _read_dicom(self, paths: list[str], series_uid: str | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    def _read_dicom(self, paths: list[str], series_uid: str | None) -> tuple[np.ndarray, np.ndarray, bool, dict]:
         where = paths[0]
         if len(paths) == 1 and Path(paths[0]).is_dir():
             files = list_series_files(paths[0])
@@ -441,7 +450,7 @@ class SimpleITKReader(ImageReader):
         image = _read_series_pixels(files, where)
         _check_series_geometry(image, affine, len(files), int(headers[0].Rows), int(headers[0].Columns), where)
         array, vector = _sitk_array(image)
-        return array, affine, vector
+        return array, affine, vector, dicom_acquisition(headers[0])
 
 
 def _meta(volume: LoadedVolume) -> dict:
@@ -456,6 +465,7 @@ def _meta(volume: LoadedVolume) -> dict:
         "spacing": np.linalg.norm(affine[:3, :3], axis=0),
         "source_format": volume.source_format,
         "source_dtype": volume.array.dtype.name,
+        "acquisition": acquisition_json(volume.acquisition),
     }
 
 

@@ -33,6 +33,7 @@ import nibabel
 import numpy as np
 import torch
 
+from ..data.acquisition import checked_acquisition
 from ..utils import commit_file, replace_atomically, stage_file
 from ..version import __version__
 
@@ -235,6 +236,7 @@ def provenance_record(
     mask_id: str | None = None,
     created: datetime | None = None,
     extra: Mapping[str, Any] | None = None,
+    reference_acquisition: Mapping[str, Any] | str | None = None,
 ) -> dict[str, Any]:
     """The provenance of one synthetic slice, as a JSON-ready dict for its sidecar.
 
@@ -257,6 +259,9 @@ def provenance_record(
         mask_id: a keyed id of the mask the sample was conditioned on, if any.
         created: creation time (timezone-aware); defaults to now. Stored in UTC, ISO 8601.
         extra: further JSON-serialisable entries, checked like the rest (see :data:`PHI_KEYS`).
+        reference_acquisition: how the reference scan was acquired: the reader's ``acquisition`` meta (a JSON
+            string) or a mapping; only the whitelist of :func:`~monai_mri_gan.data.acquisition.checked_acquisition`
+            is kept, under ``reference_acquisition``.
 
     Returns:
         the record, with ``"synthetic": True``.
@@ -291,6 +296,9 @@ def provenance_record(
         },
         "software": _software_versions(),
     }
+    if reference_acquisition is not None:
+        values = json.loads(reference_acquisition) if isinstance(reference_acquisition, str) else reference_acquisition
+        record["reference_acquisition"] = checked_acquisition(values)
     if extra:
         clash = sorted(set(extra) & set(record))
         if clash:
