@@ -6,6 +6,10 @@ export and the study find them with :func:`resolve_checkpoint`, load them with :
 (``weights_only=True``) and rebuild networks and slicing with :func:`build_network`,
 :func:`generator_from_checkpoint` and :func:`cohort_from_record`. Nothing else reads a checkpoint's layout.
 
+Training also leaves its EMA generator as a MONAI bundle's model file, ``models/model.pt`` (:func:`export_model`):
+a plain state dict, as model-zoo tools load it, with the run record beside it in ``models/model_record.json``.
+:func:`load_checkpoint` reads that pair as a checkpoint, so everything that takes a checkpoint takes a model file.
+
 A record holds the GAN family, every network's class and full constructor arguments (taken from the objects, see
 :class:`~monai_mri_gan.networks.RecordsArguments`), the slicing settings, the class names, the run's settings and
 the versions of the software that wrote it. Its state is plain JSON-like values, so ``weights_only`` loading reads it.
@@ -13,6 +17,8 @@ the versions of the software that wrote it. Its state is plain JSON-like values,
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -34,23 +40,31 @@ from .version import __version__
 __all__ = [
     "CHECKPOINT_PATTERN",
     "FAMILIES",
+    "MODEL_FILE",
     "NETWORKS",
     "RandomState",
     "RunRecord",
     "build_network",
     "check_fingerprint",
+    "check_network",
     "cohort_from_record",
+    "export_model",
     "generator_from_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
+    "model_record_path",
+    "read_model_record",
     "resolve_checkpoint",
     "run_fingerprint",
+    "run_folder",
     "run_record",
     "save_checkpoint",
 ]
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 FINGERPRINT_FILE = "run_fingerprint.json"
+MODEL_FILE = "models/model.pt"
+"""Where training leaves its generator's weights in its output folder, as a MONAI bundle holds them."""
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +178,12 @@ def run_record(checkpoint: Mapping[str, Any]) -> dict:
         checkpoint: a loaded checkpoint (see :func:`load_checkpoint`).
 
     Raises:
-        KeyError: when the checkpoint has no ``config`` entry (it was not written by a training bundle).
+        KeyError: when the checkpoint has no ``config`` entry (it was not written by a training bundle, or it is a
+            model file without its record, see :func:`export_model`).
     """
     if "config" not in checkpoint:
-        raise KeyError("the checkpoint has no 'config' entry (run record): it was not written by a training bundle.")
+        raise KeyError("the checkpoint has no 'config' entry (run record): it was not written by a training bundle "
+                       "(a models/model.pt needs its model_record.json beside it).")
     config = dict(checkpoint["config"])
     if "networks" in config:
         return config
@@ -208,25 +224,62 @@ def build_network(record: Mapping[str, Any], role: str = "generator", seed: int 
         return cls(**kwargs)
 
 
+def check_network(network: torch.nn.Module, record: Mapping[str, Any], role: str = "generator") -> None:
+    """Refuse a network that is not the one a run record describes: another class or other constructor arguments.
+
+    Args:
+        network: the network built elsewhere, e.g. a bundle's ``network_def`` from its config's own arguments.
+        record: a run record (:func:`run_record`).
+        role: which of the record's networks it must be.
+
+    Raises:
+        KeyError: when the record has no network of that role.
+        ValueError: when the class or any constructor argument differs, naming each with both values.
+    """
+    networks = record["networks"]
+    if role not in networks:
+        raise KeyError(f"the run record has no {role!r}; it has {sorted(networks)}.")
+    recorded = networks[role]
+    name = _class_name(network)
+    if name != recorded["_target_"]:
+        raise ValueError(f"the {role} given is a {name}; the run record's is a {recorded['_target_']}.")
+    given, expected = _plain(network.init_args), dict(recorded["args"])
+    differences = [f"{key}={given.get(key)!r} given, {expected.get(key)!r} in the run record"
+                   for key in sorted(set(given) | set(expected)) if given.get(key) != expected.get(key)]
+    if differences:
+        raise ValueError(f"the {role} given ({name}) is not the run's: " + "; ".join(differences) + ". Build it "
+                         "with the run's arguments (in a bundle: override the matching values of the config).")
+
+
 def generator_from_checkpoint(ckpt_path: str | os.PathLike | Mapping[str, Any],
                               weights_key: str | None = "ema_generator", seed: int = 0,
-                              device: str | torch.device = "cpu") -> torch.nn.Module:
+                              device: str | torch.device = "cpu",
+                              network: torch.nn.Module | None = None) -> torch.nn.Module:
     """The generator of a checkpoint, built from the checkpoint's own run record, in eval mode.
 
     Args:
-        ckpt_path: a checkpoint file, a training output folder (its latest checkpoint), or a loaded checkpoint.
+        ckpt_path: a checkpoint file, a training output folder (its latest checkpoint), a model file
+            (:func:`export_model`), or a loaded checkpoint.
         weights_key: the weights to load: ``"ema_generator"`` (the moving average, usually better) or
-            ``"generator"``; None keeps the fresh initialisation (seeded with ``seed``), e.g. an untrained baseline,
-            or the architecture alone for ``python -m monai.bundle ckpt_export``, which loads weights itself.
+            ``"generator"``; None keeps the fresh initialisation (seeded with ``seed``), e.g. an untrained baseline.
         seed: seed of the fresh initialisation.
         device: device to put the generator on.
+        network: the generator to load the weights into instead of building one from the record, e.g. a bundle's
+            ``network_def`` built from its config's own arguments; it must be the record's (:func:`check_network`).
+            The weights are loaded strictly.
 
     Raises:
         FileNotFoundError: when there is no checkpoint at the given path.
         KeyError: when the checkpoint has no run record or no ``weights_key`` entry.
+        ValueError: when ``network`` is not the generator the record describes.
     """
     checkpoint = ckpt_path if isinstance(ckpt_path, Mapping) else load_checkpoint(ckpt_path)
-    generator = build_network(run_record(checkpoint), "generator", seed=seed)
+    record = run_record(checkpoint)
+    if network is None:
+        generator = build_network(record, "generator", seed=seed)
+    else:
+        check_network(network, record, "generator")
+        generator = network
     if weights_key is not None:
         if weights_key not in checkpoint:
             raise KeyError(f"the checkpoint has no {weights_key!r} entry; entries are {sorted(checkpoint)}.")
@@ -316,14 +369,114 @@ def resolve_checkpoint(ckpt_path: str | os.PathLike) -> Path:
 def load_checkpoint(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely (``weights_only=True``); a folder means its latest checkpoint.
 
+    A model file with its record beside it (:func:`export_model`) reads as the checkpoint
+    ``{"config": <run record>, <weights key>: <weights>}``, e.g. ``{"config": ..., "ema_generator": ...}``.
+
     Args:
-        ckpt_path: a checkpoint file, or a folder of them.
+        ckpt_path: a checkpoint file, a folder of them, or a model file.
         map_location: device to map tensors to.
 
     Raises:
         FileNotFoundError: when there is no checkpoint there.
+        ValueError: when a model file's record describes other weights (see :func:`read_model_record`).
     """
-    return torch.load(resolve_checkpoint(ckpt_path), map_location=map_location, weights_only=True)
+    path = resolve_checkpoint(ckpt_path)
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if "config" in checkpoint or not model_record_path(path).is_file():
+        return checkpoint
+    described = read_model_record(path)
+    return {"config": described["record"], described["weights_key"]: checkpoint}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_record_path(model_path: str | os.PathLike) -> Path:
+    """The run record file of a model file: ``models/model.pt`` -> ``models/model_record.json``."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}_record.json")
+
+
+def export_model(checkpoint: str | os.PathLike | Mapping[str, Any], model_path: str | os.PathLike,
+                 weights_key: str = "ema_generator") -> Path:
+    """Write a checkpoint's generator as a MONAI bundle's model file: its plain state dict, its run record beside it.
+
+    ``model_path`` holds ``checkpoint[weights_key]`` and nothing else, so it loads as model-zoo tools load
+    ``models/model.pt``: ``network.load_state_dict(torch.load(model_path, weights_only=True))``, MONAI's
+    ``CheckpointLoader`` with ``load_dict={"model": network}`` and ``strict=True``, and ``python -m monai.bundle
+    ckpt_export`` without ``--key_in_ckpt``. The run record (what the network is, how its data was sliced, the class
+    names, the settings) would break strict loading inside it, so it goes beside it as JSON
+    (:func:`model_record_path`): ``{"record", "weights_key", "iteration", "sha256"}``, where ``sha256`` is the model
+    file's, so that a record never describes other weights. Both files are written atomically, the weights first.
+
+    .. code-block:: python
+
+        export_model("runs/brain_mri_gan", "bundles/brain_mri_gan/models/model.pt")  # the run's latest checkpoint
+
+    Args:
+        checkpoint: a loaded checkpoint, a checkpoint file, or a training output folder (its latest checkpoint).
+        model_path: the model file to write (its folder is created); an existing one is replaced.
+        weights_key: the checkpoint's entry to export, ``"ema_generator"`` or ``"generator"``.
+
+    Returns:
+        the model file's path.
+
+    Raises:
+        KeyError: when the checkpoint has no run record or no ``weights_key`` entry.
+    """
+    checkpoint = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    record = run_record(checkpoint)
+    if weights_key not in checkpoint:
+        raise KeyError(f"the checkpoint has no {weights_key!r} entry; entries are {sorted(checkpoint)}.")
+    buffer = io.BytesIO()
+    torch.save(dict(checkpoint[weights_key]), buffer)
+    weights = buffer.getvalue()
+    path = replace_atomically(model_path, lambda handle: handle.write(weights))
+    described = {"record": record, "weights_key": weights_key,
+                 "iteration": dict(checkpoint.get("trainer") or {}).get("iteration"), "sha256": _sha256(weights)}
+    replace_atomically(model_record_path(path),
+                       lambda handle: handle.write((json.dumps(described, indent=1) + "\n").encode()))
+    return path
+
+
+def read_model_record(model_path: str | os.PathLike) -> dict:
+    """The record beside a model file (:func:`export_model`), checked against the file.
+
+    Args:
+        model_path: the model file, e.g. ``models/model.pt``.
+
+    Returns:
+        ``{"record": <run record>, "weights_key": ..., "iteration": ..., "sha256": ...}``.
+
+    Raises:
+        FileNotFoundError: when the model file or its record is missing.
+        ValueError: when the model file is not the one the record describes (its SHA-256 differs).
+    """
+    path, record_path = Path(model_path), model_record_path(model_path)
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path}: the run record of {path.name} is missing.")
+    described = json.loads(record_path.read_text())
+    found = _sha256(path.read_bytes())
+    if found != described["sha256"]:
+        raise ValueError(f"{record_path} describes other weights than {path} (SHA-256 {described['sha256']} "
+                         f"recorded, {found} found): export the model again with its record "
+                         "(monai_mri_gan.runs.export_model).")
+    return described
+
+
+def run_folder(ckpt_path: str | os.PathLike) -> Path:
+    """The folder where the run of a checkpoint or model file keeps its local files (e.g. the provenance key).
+
+    That is the file's own folder, or for a model file in a ``models`` folder (``<run>/models/model.pt``, or a
+    bundle's ``models/model.pt``) the folder above it, so that local files never land beside weights that are
+    shared, and a run's model file and its checkpoints share them.
+
+    Args:
+        ckpt_path: a checkpoint or model file.
+    """
+    folder = Path(ckpt_path).parent
+    return folder.parent if folder.name == Path(MODEL_FILE).parent.name else folder
 
 
 def _file_state(path: str | os.PathLike) -> list:

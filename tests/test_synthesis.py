@@ -261,8 +261,8 @@ def test_privacy_train_and_synthesise_from_dicom(tmp_path, gan):
 
     out = tmp_path / "synthetic"
     result = bundle("run", "inference", "--config_file", str(CONFIGS / "inference.json"), "--ckpt_path",
-                    str(gan["run"]), "--datalist", str(datalist), "--output_dir", str(out), "--samples_per_class", "3",
-                    "--stack_volume", "True", cwd=tmp_path)
+                    str(gan["run"]), "--image_size", "32", "--datalist", str(datalist), "--output_dir", str(out),
+                    "--samples_per_class", "3", "--stack_volume", "True", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     logs = tmp_path / "inference.log"
     logs.write_text(result.stdout + result.stderr)

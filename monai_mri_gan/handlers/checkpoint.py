@@ -1,4 +1,4 @@
-"""Atomic GAN checkpoints, with the run record, and automatic resume from an output folder."""
+"""Atomic GAN checkpoints, with the run record, the bundle's model file, and automatic resume from an output folder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-from ..runs import CHECKPOINT_PATTERN, RunRecord, check_fingerprint, latest_checkpoint, save_checkpoint
+from ..runs import (
+    CHECKPOINT_PATTERN,
+    MODEL_FILE,
+    RunRecord,
+    check_fingerprint,
+    export_model,
+    latest_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = ["GanCheckpointSaver", "ResumeFromCheckpoint"]
 
@@ -42,27 +50,38 @@ class GanCheckpointSaver:
     raises instead, so the previous checkpoint stays the last good one. Only the newest ``keep_last`` checkpoints are
     kept; a final checkpoint is written when training completes.
 
+    With ``model_weights`` (e.g. ``"ema_generator"``), each checkpoint's state of that entry is also written as
+    ``ckpt_dir/models/model.pt``, a MONAI bundle's model file, with the run record beside it
+    (:func:`~monai_mri_gan.runs.export_model`): the newest model file always holds exactly the weights of the newest
+    checkpoint, and is never written from a state that was refused.
+
     Args:
         ckpt_dir: output folder.
         save_dict: objects with ``state_dict()``.
         every_n_epochs: epoch interval.
         keep_last: how many epoch checkpoints to keep (>= 1).
         config: the run record (a :class:`~monai_mri_gan.runs.RunRecord`, or a plain mapping kept as it is).
+        model_weights: the entry of ``save_dict`` to write as ``models/model.pt``; None writes no model file.
 
     Raises:
-        ValueError: on bad intervals.
+        ValueError: on bad intervals, or a ``model_weights`` that is not in ``save_dict`` or has no run record.
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike, save_dict: Mapping[str, Any], every_n_epochs: int = 1,
-                 keep_last: int = 2, config: RunRecord | Mapping[str, Any] | None = None) -> None:
+                 keep_last: int = 2, config: RunRecord | Mapping[str, Any] | None = None,
+                 model_weights: str | None = None) -> None:
         if every_n_epochs < 1 or keep_last < 1:
             raise ValueError("every_n_epochs and keep_last must be >= 1.")
+        if model_weights is not None and (model_weights not in save_dict or config is None):
+            raise ValueError(f"model_weights {model_weights!r} must name an entry of save_dict ({sorted(save_dict)}) "
+                             "and needs the run record (config) to travel with it.")
         self.ckpt_dir = Path(ckpt_dir)
         self.save_dict = dict(save_dict)
         if config is not None:
             self.save_dict["config"] = RunRecord.from_state(config)
         self.every_n_epochs = int(every_n_epochs)
         self.keep_last = int(keep_last)
+        self.model_weights = model_weights
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -81,6 +100,8 @@ class GanCheckpointSaver:
                                f"is {latest_checkpoint(self.ckpt_dir)}.")
         save_checkpoint(state, path)
         self.logger.info("saved checkpoint %s", path)
+        if self.model_weights is not None:
+            export_model(state, self.ckpt_dir / MODEL_FILE, self.model_weights)
         kept = sorted((int(m.group(1)), p) for p in self.ckpt_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)))
         for _, old in kept[: -self.keep_last]:
             old.unlink()

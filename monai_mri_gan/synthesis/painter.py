@@ -39,7 +39,7 @@ from ..data import SliceCohort, resolve_datalist, volume_transforms
 from ..errors import DataError
 from ..networks import seeded_latents
 from ..objectives import LesionPainterObjective, painter_condition
-from ..runs import generator_from_checkpoint, load_checkpoint, resolve_checkpoint, run_record
+from ..runs import generator_from_checkpoint, load_checkpoint, resolve_checkpoint, run_folder, run_record
 from ..transforms import (
     LesionBank,
     PlaceLesiond,
@@ -139,7 +139,9 @@ class LesionPainterSynthesiser:
         written = synthesiser.run()  # [{"image": Path, "mask": Path, "provenance": Path, "sample_index": 0, ...}]
 
     Args:
-        ckpt_path: a lesion painter checkpoint file, or its training output folder (its latest checkpoint).
+        ckpt_path: a lesion painter checkpoint file, its training output folder (its latest checkpoint), or a model
+            file with its run record beside it (a bundle's ``models/model.pt``, see
+            :func:`~monai_mri_gan.runs.export_model`).
         output_dir: folder of the outputs (created when missing); it must not hold the provenance key.
         num_samples: number of painted slices.
         seed: seed of every draw (see the module docstring).
@@ -155,19 +157,23 @@ class LesionPainterSynthesiser:
         batch_size: windows per generator forward pass.
         cache_dir: optional on-disk cache of the cohorts.
         on_error: "raise" or "skip" bad volumes.
-        key_path: the provenance key file; None: ``provenance_key`` beside the checkpoint.
+        key_path: the provenance key file; None: ``provenance_key`` in the run's folder
+            (:func:`~monai_mri_gan.runs.run_folder`: beside the checkpoint, or above a model file's ``models``).
         min_lesion_voxels: lesions with fewer pixels stay out of the bank; None: the run's
             ``slicing["tumour_min_voxels"]`` (what its training crops used), else 20.
         placement: further :class:`~monai_mri_gan.transforms.PlaceLesiond` arguments (``rotate_range``,
             ``scale_range``, ``elastic_prob``, ``skull_margin_mm``, ``max_tries``, ...).
         base_tries: base slices drawn for a sample before giving up when no lesion fits into them.
+        generator: the painter to load the checkpoint's weights into (e.g. a bundle's ``network_def``, built from
+            its config's arguments); None builds it from the run record.
 
     Raises:
         FileNotFoundError: when there is no checkpoint at ``ckpt_path``.
         KeyError: when the checkpoint has no run record or no weights of the chosen generator.
         ValueError: for a checkpoint of another family or without painting settings, an unknown method, a negative
-            number of samples, a non-positive batch size or ``base_tries``, or other ``placement`` arguments than
-            those listed.
+            number of samples, a non-positive batch size or ``base_tries``, other ``placement`` arguments than
+            those listed, or a ``generator`` other than the run record's (each differing argument named with both
+            values, see :func:`~monai_mri_gan.runs.check_network`).
     """
 
     def __init__(
@@ -192,6 +198,7 @@ class LesionPainterSynthesiser:
         min_lesion_voxels: int | None = None,
         placement: Mapping[str, Any] | None = None,
         base_tries: int = 20,
+        generator: torch.nn.Module | None = None,
     ) -> None:
         if method not in PAINT_METHODS:
             raise ValueError(f"method must be one of {PAINT_METHODS}, got {method!r}.")
@@ -218,7 +225,7 @@ class LesionPainterSynthesiser:
         self.generator = None
         if method == "gan":
             weights_key = "ema_generator" if self.use_ema else "generator"
-            self.generator = generator_from_checkpoint(checkpoint, weights_key, device=self.device)
+            self.generator = generator_from_checkpoint(checkpoint, weights_key, device=self.device, network=generator)
         del checkpoint
         self.checkpoint_sha256 = sha256_file(self.ckpt_path)
         self.output_dir = Path(output_dir)
@@ -233,7 +240,7 @@ class LesionPainterSynthesiser:
         self.batch_size = int(batch_size)
         self.cache_dir = cache_dir
         self.on_error = on_error
-        self.key_path = Path(key_path) if key_path is not None else self.ckpt_path.parent / PROVENANCE_KEY
+        self.key_path = Path(key_path) if key_path is not None else run_folder(self.ckpt_path) / PROVENANCE_KEY
         slicing = dict(self.record.get("slicing") or {})
         self.min_lesion_voxels = int(min_lesion_voxels or slicing.get("tumour_min_voxels") or 20)
         self.placement = dict(placement or {})

@@ -34,7 +34,14 @@ from monai.utils import convert_to_numpy
 
 from ..data import SliceCohort, resolve_datalist, volume_transforms
 from ..networks import seeded_latents
-from ..runs import cohort_from_record, generator_from_checkpoint, load_checkpoint, resolve_checkpoint, run_record
+from ..runs import (
+    cohort_from_record,
+    generator_from_checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    run_folder,
+    run_record,
+)
 from ..transforms.intensity import invert_normalisation
 from ..utils import remove_staged
 from .provenance import PROVENANCE_KEY, keyed_id, provenance_record, run_provenance_key, sha256_file, sidecar_path
@@ -142,7 +149,9 @@ class SliceSynthesiser:
         written = synthesiser.run()  # [{"image": Path, "provenance": Path, "class": 1, ...}, ...]
 
     Args:
-        ckpt_path: a checkpoint file, or a training output folder (its latest checkpoint is used).
+        ckpt_path: a checkpoint file, a training output folder (its latest checkpoint is used), or a model file
+            with its run record beside it (a bundle's ``models/model.pt``, see
+            :func:`~monai_mri_gan.runs.export_model`).
         output_dir: folder of the synthetic files (created when missing).
         samples_per_class: samples of each class, or a mapping class (name or index) -> samples (its keys are then
             the classes and ``classes`` must be None).
@@ -166,12 +175,15 @@ class SliceSynthesiser:
         batch_size: samples per generator forward pass.
         cache_dir: optional on-disk cache of the reference cohort.
         on_error: "raise" or "skip" bad reference volumes.
+        generator: the generator to load the checkpoint's weights into (e.g. a bundle's ``network_def``, built from
+            its config's arguments); None builds it from the run record.
 
     Raises:
         FileNotFoundError: when there is no checkpoint at ``ckpt_path``.
         KeyError: when the checkpoint has no run record or no weights of the chosen generator.
         ValueError: for an unknown class, classes with an unconditional generator, a negative number of samples,
-            ``reference_image`` without ``reference_slice``, or nothing to write.
+            ``reference_image`` without ``reference_slice``, nothing to write, or a ``generator`` other than the run
+            record's (each differing argument named with both values, see :func:`~monai_mri_gan.runs.check_network`).
     """
 
     def __init__(
@@ -195,6 +207,7 @@ class SliceSynthesiser:
         batch_size: int = 64,
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
+        generator: torch.nn.Module | None = None,
     ) -> None:
         if (reference_image is None) != (reference_slice is None):
             raise ValueError("reference_image and reference_slice go together: give both or neither.")
@@ -208,13 +221,13 @@ class SliceSynthesiser:
         self.record = run_record(checkpoint)
         self.use_ema = as_flag(use_ema, "use_ema")
         weights_key = "ema_generator" if self.use_ema else "generator"
-        self.generator = generator_from_checkpoint(checkpoint, weights_key, device=self.device)
+        self.generator = generator_from_checkpoint(checkpoint, weights_key, device=self.device, network=generator)
         del checkpoint
         self.checkpoint_sha256 = sha256_file(self.ckpt_path)
         self.num_classes = int(self.record.get("num_classes") or 0)
         self.class_names = [str(c) for c in (self.record.get("class_names") or [])]
         self.output_dir = Path(output_dir)
-        self.key_path = self.ckpt_path.parent / PROVENANCE_KEY
+        self.key_path = run_folder(self.ckpt_path) / PROVENANCE_KEY
         self.seed = int(seed)
         self.samples_per_class = self._resolve_samples_per_class(samples_per_class, classes)
         self.dataset_dir = dataset_dir
