@@ -38,13 +38,6 @@ PAINTER_FEATURES = [4, 4, 8, 8, 16, 4]
 TINY_NETWORKS = {"brain_mri_gan": {"image_size": 32}, "brain_tumour_painter": {"g_features": PAINTER_FEATURES}}
 
 
-def not_scriptable(raises: type[Exception]) -> pytest.MarkDecorator:
-    """The painter's TorchScript export fails, with ``raises``; nothing before it in the test may fail."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason="LesionPainterGenerator.forward expands z with "
-                             "*image.shape[2:], which TorchScript cannot size (networks/painter.py); "
-                             "image.shape[2], image.shape[3] scripts, with eager-equal outputs")
-
-
 @pytest.fixture(scope="module")
 def painter_run(gan, tmp_path_factory):
     """A tiny lesion painter (32 px crops) trained by its bundle for two epochs on the tiny GAN's demo cohort."""
@@ -169,8 +162,7 @@ def test_inference_runs_from_the_model_file(name, trained, tmp_path):
 
 
 @pytest.mark.parametrize("name,weights", [
-    ("brain_mri_gan", "model"), ("brain_mri_gan", "checkpoint"),
-    pytest.param("brain_tumour_painter", "model", marks=not_scriptable(AssertionError))])
+    ("brain_mri_gan", "model"), ("brain_mri_gan", "checkpoint"), ("brain_tumour_painter", "model")])
 def test_ckpt_export_torchscript_matches_eager(name, weights, trained, tmp_path):
     root = bundle_copy(tmp_path, name, trained["run"])
     target = tmp_path / "generator.ts"
@@ -215,7 +207,7 @@ def test_configs_are_monai_inference_workflows(name, config, trained, tmp_path):
         assert all(torch.equal(v, weights[k]) for k, v in workflow.network_def.state_dict().items())
 
 
-@pytest.mark.parametrize("name", [NAMES[0], pytest.param(NAMES[1], marks=not_scriptable(RuntimeError))])
+@pytest.mark.parametrize("name", NAMES)
 def test_bundle_passes_the_model_zoo_checks_offline(name, trained, tmp_path):
     """What Project-MONAI/model-zoo's ``ci/verify_bundle.py`` checks in full mode, in its order, without a network."""
     root = bundle_copy(tmp_path, name, trained["run"])

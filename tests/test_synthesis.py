@@ -231,6 +231,11 @@ def test_options_from_the_command_line(gan):
         SliceSynthesiser(gan["root"] / "cohort", gan["root"] / "unused")
 
 
+#: what the demo cohort's DICOM series say of their acquisition, in BIDS names and units
+DEMO_ACQUISITION = {"Modality": "MR", "MagneticFieldStrength": 1.5, "RepetitionTime": 0.55, "EchoTime": 0.01,
+                    "FlipAngle": 90.0, "ContrastAgentGiven": True}
+
+
 def dicom_identifiers(folders) -> set[str]:
     """Every value of a patient/study identifier (PHI_KEYS) in the DICOM files of ``folders``, read with pydicom."""
     values = set()
@@ -268,6 +273,9 @@ def test_privacy_train_and_synthesise_from_dicom(tmp_path, gan):
     logs.write_text(result.stdout + result.stderr)
     assert "wrote 3 synthetic tumour slice(s)" in logs.read_text()
     assert len(list(out.glob("synthetic_*_0_000*.nii.gz"))) == 6 and list(out.glob("*volume-*.nii.gz"))
+    # the reference scan's acquisition, whitelisted and in BIDS units, and nothing else of its header
+    record = json.loads(next(out.glob("synthetic_tumour_0_00000.json")).read_text())
+    assert record["reference_acquisition"] == DEMO_ACQUISITION
     hits = scrub_check([out, gan["run"], logs, *gan["logs"]], identifiers)
     assert hits == []
     # reference locations only as one-way hashes: no series folder path in any output or synthesis log line

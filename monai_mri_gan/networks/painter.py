@@ -62,7 +62,7 @@ class LesionPainterGenerator(RecordsArguments, nn.Module):
         if self.latent_dim:
             if z is None or z.shape[-1] != self.latent_dim:
                 raise ValueError(f"expected latent vectors of length {self.latent_dim}.")
-            inputs.append(z[:, :, None, None].expand(-1, -1, *image.shape[2:]).to(image.dtype))
+            inputs.append(z[:, :, None, None].expand(-1, -1, image.shape[2], image.shape[3]).to(image.dtype))
         return torch.tanh(self.unet(torch.cat(inputs, dim=1)))
 
 

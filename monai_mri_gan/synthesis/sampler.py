@@ -42,7 +42,7 @@ from ..runs import (
     run_folder,
     run_record,
 )
-from ..transforms.intensity import invert_normalisation
+from ..transforms.intensity import invert_slice_normalisation
 from ..utils import remove_staged
 from .provenance import PROVENANCE_KEY, keyed_id, provenance_record, run_provenance_key, sha256_file, sidecar_path
 from .writer import SyntheticSliceWriter
@@ -129,7 +129,8 @@ class SliceSynthesiser:
       (an unconditional generator takes any slice), or the one slice the user names with ``reference_image`` and
       ``reference_slice``;
     - mapped back to the reference volume's intensity units and dtype with
-      :func:`~monai_mri_gan.transforms.invert_normalisation`;
+      :func:`~monai_mri_gan.transforms.invert_slice_normalisation` (the air around the head at the reference's
+      own background level, as in the real slices);
     - written with the reference slice's 4x4 affine as ``synthetic_<class>_<seed>_<index:05d>.nii.gz`` plus its
       provenance sidecar (``.json``) by :class:`~monai_mri_gan.synthesis.SyntheticSliceWriter`.
 
@@ -242,7 +243,8 @@ class SliceSynthesiser:
         self.cache_dir = cache_dir
         self.on_error = on_error
         self._cohort = cohort
-        self.writer = SyntheticSliceWriter(overwrite=self.overwrite)
+        # a reference sheared by registration is legal data: its slices keep the exact affine in the sform
+        self.writer = SyntheticSliceWriter(overwrite=self.overwrite, allow_shear=True)
         self.timings: dict[str, float] = {}
 
     def class_index(self, value: str | int) -> int:
@@ -353,7 +355,7 @@ class SliceSynthesiser:
 
     @functools.cached_property
     def key(self) -> bytes:
-        """The run folder's provenance key (``provenance_key`` beside the checkpoint), for keyed ids of real data."""
+        """The run folder's provenance key (see :func:`~monai_mri_gan.runs.run_folder`), for keyed ids of real data."""
         return run_provenance_key(self.key_path, self.output_dir)
 
     def volume_path(self, class_index: int | None, source: str, layer: int) -> Path:
@@ -410,6 +412,7 @@ class SliceSynthesiser:
             reference_slice_index=slice_index,
             reference_affine=affine,
             reference_axis=int(meta.get("slice_axis", self._slicing().get("axis", 2))),
+            reference_acquisition=meta.get("acquisition", "{}"),
             extra={
                 "weights": "ema_generator" if self.use_ema else "generator",
                 "latent": {
@@ -428,9 +431,8 @@ class SliceSynthesiser:
 
     @staticmethod
     def _background(reference: MetaTensor) -> float:
-        """The reference's background in source units: the low end of the training range mapped back."""
-        low = np.asarray([float(reference.meta.get("norm_out_low", -1.0))])
-        return float(invert_normalisation(low, reference.meta)[0])
+        """The reference volume's own background level in source units (see ``norm_background``)."""
+        return float(reference.meta["norm_background"])
 
     def _slicing(self) -> dict[str, Any]:
         """The run's slicing settings."""
@@ -498,7 +500,7 @@ class SliceSynthesiser:
             slices: list[np.ndarray] = []
             for sample_index, position in enumerate(positions):
                 reference = cohort[position]["image"]
-                values = invert_normalisation(images[sample_index].unsqueeze(-1), reference.meta)
+                values = invert_slice_normalisation(images[sample_index].unsqueeze(-1), reference.meta)
                 slices.append(values)
                 if not self.write_slices:
                     continue
