@@ -1,39 +1,30 @@
-"""The downstream augmentation study: subject split, leakage guard, condition subsets, metrics, an end-to-end run."""
+"""The downstream study: subject splits, scarcity levels, the leakage guard, metrics, and the --quick run."""
 
 import json
 import math
-import os
-import subprocess
-import sys
+import statistics
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from monai_mri_gan.data import make_demo_cohort
 from monai_mri_gan.metrics import train_slice_classifier
 from monai_mri_gan.study import (
-    STUDY_REGIMES,
     ClassicAugmentation,
     SubjectLeakageError,
     SubjectSplit,
-    binary_classification_metrics,
     check_no_leakage,
-    run_study,
+    classification_metrics,
+    no_lesion_floor,
+    scarce_training_subjects,
     split_subjects,
     subject_classes,
-    summarise_runs,
-    train_gan,
-    training_subset,
+    write_training_datalist,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY = ROOT / "bundles" / "brain_mri_gan" / "configs" / "study.json"
-TRAIN_CONFIG = ROOT / "bundles" / "brain_mri_gan" / "configs" / "train.json"
 
 
 def _cohort_like(num_subjects=20, num_tumour=6, slices=10, tumour_slices=4):
@@ -71,85 +62,64 @@ def test_subject_split_refuses_a_shared_subject():
         SubjectSplit(train=("sub-0", "sub-1"), validation=("sub-2",), test=("sub-1",))
 
 
-def test_leakage_guard_raises_for_a_held_out_subject(tmp_path):
+def test_leakage_guard_refuses_a_held_out_subject(tmp_path):
     split = SubjectSplit(train=("a", "b"), validation=("c",), test=("d",))
     check_no_leakage(["a", "b", "a"], split)  # training subjects only: fine
     with pytest.raises(SubjectLeakageError, match=r"\['d'\]"):
         check_no_leakage(["a", "d"], split)
     with pytest.raises(SubjectLeakageError, match=r"\['c'\]"):
         check_no_leakage(["c"], split)
-    # the GAN trainer checks before anything is trained or written
-    images, classes = torch.zeros(4, 1, 32, 32), torch.tensor([0, 1, 0, 1])
+    # the datalist a condition's generators train on is checked before it is written
+    items = [{"image": "a.nii.gz", "subject": "a"}, {"image": "d.nii.gz", "subject": "d"}]
     with pytest.raises(SubjectLeakageError, match=r"\['d'\]"):
-        train_gan(images, classes, ["a", "b", "a", "d"], split, tmp_path / "gan", TRAIN_CONFIG, iterations=1)
-    assert not (tmp_path / "gan").exists()
+        write_training_datalist(items, split, tmp_path / "train_datalist.json")
+    assert not (tmp_path / "train_datalist.json").exists()
+    written = write_training_datalist(items[:1], split, tmp_path / "train_datalist.json")
+    assert json.loads(written.read_text())["training"] == items[:1]
 
 
-def test_a_missing_training_config_is_a_clear_error(tmp_path):
-    split = SubjectSplit(train=("a",), validation=("c",), test=("d",))
-    missing = tmp_path / "bundle" / "configs" / "train.json"
-    with pytest.raises(FileNotFoundError, match="train.json"):
-        train_gan(torch.zeros(2, 1, 32, 32), torch.tensor([0, 1]), ["a", "a"], split, tmp_path / "gan", missing)
-    with pytest.raises(FileNotFoundError, match="train.json"):
-        run_study([{"image": "none.nii.gz", "subject": "a"}], tmp_path / "study", missing)
-    assert not (tmp_path / "gan").exists() and not (tmp_path / "study").exists()
+def test_scarcity_is_in_tumour_subjects_and_nested():
+    subjects, classes = _cohort_like(num_subjects=30, num_tumour=12)
+    per_subject = subject_classes(subjects, classes)
+    split = split_subjects(per_subject, seed=3)
+    tumour = [s for s in split.train if per_subject[s] == 1]
+    healthy = [s for s in split.train if per_subject[s] == 0]
+    levels = {k: scarce_training_subjects(split, per_subject, k, seed=3) for k in (1, 2, 4, None)}
+    for k, chosen in levels.items():
+        assert set(healthy) <= set(chosen) and set(chosen) <= set(split.train)
+        assert sum(per_subject[s] for s in chosen) == (len(tumour) if k is None else k)
+    assert set(levels[1]) <= set(levels[2]) <= set(levels[4]) <= set(levels[None])
+    assert scarce_training_subjects(split, per_subject, 2, seed=3) == levels[2]
+    assert any(scarce_training_subjects(split, per_subject, 2, seed=s) != levels[2] for s in range(4, 9))
+    with pytest.raises(ValueError, match="between 1 and"):
+        scarce_training_subjects(split, per_subject, len(tumour) + 1)
 
 
-def test_training_subset_reaches_the_tumour_share_within_training_subjects():
-    subjects, classes = _cohort_like()
-    split = split_subjects(subject_classes(subjects, classes), seed=0)
-    train = set(split.train)
-    full = training_subset(subjects, classes, split.train)
-    assert {subjects[i] for i in full.tolist()} == train and len(full) == 10 * len(train)
-    normal = int((classes[full] == 0).sum())  # 3 tumour subjects x 6 + 7 x 10 = 88
-    assert normal == 88 and int(classes[full].sum()) == 12
-    ten = training_subset(subjects, classes, split.train, tumour_share=0.1)
-    five = training_subset(subjects, classes, split.train, tumour_share=0.05)
-    assert int(classes[ten].sum()) == round(0.1 * 88 / 0.9) == 10
-    assert int(classes[five].sum()) == round(0.05 * 88 / 0.95) == 5
-    assert int((classes[ten] == 0).sum()) == int((classes[five] == 0).sum()) == 88
-    assert set(five.tolist()) <= set(ten.tolist())  # nested: the scarcer set is a subset
-    # tumour slices are kept subject by subject: 5 of them come from 2 subjects (4 + 1), not 5
-    assert len({subjects[i] for i in five.tolist() if classes[i] == 1}) == 2
-    # a share above the data's drops no-tumour slices instead: 12 tumour slices at 20 % -> 48 no-tumour
-    twenty = training_subset(subjects, classes, split.train, tumour_share=0.2)
-    assert int(classes[twenty].sum()) == 12 and int((classes[twenty] == 0).sum()) == 48
-    # half the training subjects: half of each subject class (round(1.5) = 2 tumour, round(3.5) = 4 without)
-    half = training_subset(subjects, classes, split.train, subject_fraction=0.5)
-    kept = {subjects[i] for i in half.tolist()}
-    assert kept <= train and len(kept) == 6 and int(classes[half].sum()) == 8
-    with pytest.raises(ValueError, match="tumour_share"):
-        training_subset(subjects, classes, split.train, tumour_share=1.0)
+def test_classification_metrics_at_the_validation_threshold():
+    # validation: ten healthy slices scored 0.0 .. 0.9; 90 % specificity needs the threshold at 0.8
+    val_labels = torch.tensor([0] * 10 + [1, 1])
+    val_scores = torch.tensor([i / 10 for i in range(10)] + [0.95, 0.5])
+    test_labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
+    test_scores = torch.tensor([0.9, 0.85, 0.7, 0.1, 0.81, 0.2, 0.3, 0.05])
+    m = classification_metrics(val_labels, val_scores, test_labels, test_scores)
+    assert m["threshold"] == pytest.approx(0.8)
+    # called tumour above 0.8: 0.9, 0.85 of the tumour slices (2 of 4), 0.81 of the healthy ones (1 of 4)
+    assert m["sensitivity_at_90_specificity"] == pytest.approx(0.5)
+    assert m["test_specificity"] == pytest.approx(0.75)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 0.75) / 2)
+    # AUROC: of the 16 tumour-healthy pairs the tumour slice scores higher in 12 (0.7 loses to 0.81; 0.1 to three)
+    assert m["auroc"] == pytest.approx(12 / 16)
+    with pytest.raises(ValueError, match="no healthy slice"):
+        classification_metrics(torch.ones(3), torch.rand(3), test_labels, test_scores)
 
 
-def test_metrics_equal_a_hand_computation():
-    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0])
-    scores = torch.tensor([0.9, 0.6, 0.2, 0.7, 0.4, 0.3, 0.1, 0.05])
-    m = binary_classification_metrics(labels, scores)
-    # predicted positive (>= 0.5): 0.9, 0.6 (true positives) and 0.7 (a false positive)
-    assert m["sensitivity"] == pytest.approx(2 / 3)
-    assert m["specificity"] == pytest.approx(4 / 5)
-    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 4 / 5) / 2)
-    # AUROC: of the 3 x 5 positive-negative pairs the positive scores higher in 11 (0.6 loses to 0.7; 0.2 to 0.7,
-    # 0.4 and 0.3)
-    assert m["auroc"] == pytest.approx(11 / 15)
-    assert binary_classification_metrics(labels, scores, threshold=0.15)["sensitivity"] == 1.0
-    single = binary_classification_metrics(torch.zeros(3), torch.tensor([0.1, 0.6, 0.2]))
-    assert math.isnan(single["sensitivity"]) and math.isnan(single["auroc"])
-    assert single["specificity"] == pytest.approx(2 / 3)
-
-
-def test_summary_is_mean_and_sample_std_over_seeds():
-    record = {"conditions": [{"name": "c", "subject_fraction": 1.0, "tumour_share": 0.1, "runs": [
-        {"regime": "real", "seed": s, "test": {"balanced_accuracy": v, "sensitivity": v, "specificity": 1.0,
-                                               "auroc": math.nan if s == 2 else v}}
-        for s, v in enumerate([0.5, 0.7, 0.9])]}]}
-    (row,) = summarise_runs(record)
-    assert row["seeds"] == 3 and row["balanced_accuracy"]["mean"] == pytest.approx(0.7)
-    assert row["balanced_accuracy"]["std"] == pytest.approx(0.2)
-    assert row["auroc"]["mean"] == pytest.approx(0.6) and row["auroc"]["std"] == pytest.approx(np.std([0.5, 0.7],
-                                                                                                        ddof=1))
-    assert row["specificity"] == {"mean": 1.0, "std": 0.0}
+def test_no_lesion_floor_learns_where_tumour_slices_lie():
+    # tumour slices sit mid-volume: position alone ranks them, though no feature shows a lesion
+    position = torch.linspace(0, 1, 200)
+    labels = ((position - 0.5).abs() < 0.15).long()
+    features = torch.stack([position, position**2, torch.rand(200, generator=torch.Generator().manual_seed(0))], 1)
+    scores = no_lesion_floor(features, labels, features)
+    assert classification_metrics(labels, scores, labels, scores)["auroc"] > 0.95
 
 
 def test_classifier_budget_oversampling_and_selection():
@@ -188,70 +158,69 @@ def test_classifier_budget_oversampling_and_selection():
     assert not all(torch.equal(v, states[2][k]) for k, v in chosen.state_dict().items())
 
 
-def test_classic_augmentation_is_seeded_and_keeps_the_range():
+def test_classic_augmentation_is_seeded_keeps_the_range_and_moves_masks():
     images = torch.linspace(-1, 1, 4 * 32 * 32).view(4, 1, 32, 32)
     a, b = ClassicAugmentation(seed=5)(images), ClassicAugmentation(seed=5)(images)
     assert a.shape == images.shape and torch.equal(a, b)
     assert not torch.equal(a, images) and float(a.min()) >= -1 and float(a.max()) <= 1
     assert not torch.equal(ClassicAugmentation(seed=6)(images), a)
+    # a mask moves with its slice: a square mask of a square bright patch stays on the patch
+    patch = -torch.ones(8, 1, 32, 32)
+    patch[:, :, 10:20, 4:14] = 1.0
+    masks = (patch > 0).to(torch.uint8)
+    moved, moved_masks = ClassicAugmentation(seed=2)(patch, masks)
+    assert moved_masks.dtype == torch.uint8 and set(moved_masks.unique().tolist()) <= {0, 1}
+    assert not torch.equal(moved_masks, masks)
+    assert float((moved[moved_masks.bool()] > 0).float().mean()) > 0.9
 
 
-@pytest.fixture(scope="module")
-def tiny_datalist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort") / "demo"
-    return make_demo_cohort(root, seed=3, num_subjects=8, shape=(48, 52, 12), tumour_fraction=0.5)
-
-
-def test_study_end_to_end_on_a_tiny_cohort(tmp_path, monkeypatch, tiny_datalist):
-    datalist = tiny_datalist
+def test_quick_study_runs_and_its_paired_differences_are_per_split_differences(tmp_path, monkeypatch):
+    """``--quick`` end to end: the output contract, and paired differences recomputed from the runs."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import augmentation_study
 
-    out = tmp_path / "out"
-    record = augmentation_study.main([
-        "--datalist", str(datalist), "--output", str(out / "study.json"), "--figure", str(out / "study.png"),
-        "--samples_figure", str(out / "samples.png"), "--work_dir", str(tmp_path / "work"), "--seeds", "0",
-        "--subject_fractions", "1.0", "--tumour_shares", "0.1", "--classifier_steps", "4",
-        "--gan_iterations", "1", "--image_size", "32", "--threads", "1",
-    ])
-    sys.modules.pop("augmentation_study", None)
-    saved = json.loads((out / "study.json").read_text())
-    assert saved["summary"] == json.loads(json.dumps(record["summary"]))
-    names = [r.name for r in STUDY_REGIMES]
-    (condition,) = saved["conditions"]
-    assert [run["regime"] for run in condition["runs"]] == names
-    for run in condition["runs"]:
-        for metric in ("balanced_accuracy", "sensitivity", "specificity", "auroc"):
-            assert 0.0 <= run["test"][metric] <= 1.0, (run["regime"], metric)
-    # the condition's slices: 10 % tumour slices of the training subjects' no-tumour slices
-    train = condition["train"]
-    assert train["tumour"] == max(1, round(0.1 * train["no_tumour"] / 0.9))
-    counts = {run["regime"]: run["train_counts"] for run in condition["runs"]}
-    assert counts["real"] == {"no_tumour": train["no_tumour"], "tumour": train["tumour"]}
-    assert counts["real_gan"] == {"no_tumour": train["no_tumour"], "tumour": train["no_tumour"]}
-    assert counts["synthetic_only"] == counts["real_gan"]
-    # the GAN saw training subjects only
-    subjects = saved["split"]["subjects"]
-    gan = json.loads((tmp_path / "work" / "gan" / condition["name"] / "gan_training_subjects.json").read_text())
-    assert set(gan["subjects"]) <= set(subjects["train"])
-    assert not set(gan["subjects"]) & (set(subjects["validation"]) | set(subjects["test"]))
-    assert gan["class_counts"] == [train["no_tumour"], train["tumour"]]
-    table = (out / "study.md").read_text().splitlines()
-    assert len(table) == 2 + len(names) and all(f"`{n}`" in "\n".join(table) for n in names)
-    assert Image.open(out / "study.png").size[0] > 400 and Image.open(out / "samples.png").size[0] > 400
+    output = tmp_path / "out" / "augmentation_study.json"
+    record = augmentation_study.main(["--quick", "--output", str(output), "--work_dir", str(tmp_path / "work"),
+                                      "--threads", "1"])
+    saved = json.loads(output.read_text())
+    assert {"summary", "paired", "splits", "runs", "settings", "conditions"} <= set(saved)
+    assert output.with_suffix(".md").is_file() and output.with_suffix(".png").is_file()
+    assert len(saved["splits"]) == 2 and {r["tumour_subjects"] for r in saved["runs"]} == {2}
+    for row in saved["summary"]:
+        assert set(row) == {"task", "tumour_subjects", "regime", "metric", "mean", "ci_low", "ci_high", "n_splits"}
+    # every condition trained on its own training subjects only: no held-out subject in a training datalist
+    for split in saved["splits"]:
+        held_out = set(split["validation"]) | set(split["test"])
+        path = tmp_path / "work" / f"split{split['split']}" / "k2" / "train_datalist.json"
+        subjects = {i["subject"] for i in json.loads(path.read_text())["training"]}
+        assert subjects and subjects <= set(split["train"]) and not subjects & held_out
+    # the paired differences are the differences of the per-split metrics
+    def value(regime, split, metric, task):
+        found = [r["metrics"][metric] for r in saved["runs"]
+                 if (r["regime"], r["split"], r["task"]) == (regime, split, task)]
+        return statistics.mean(v for v in found if v is not None) if found else None
+
+    checked = 0
+    for row in saved["paired"]:
+        diffs = [value(row["regime"], s["split"], row["metric"], row["task"])
+                 - value(row["versus_regime"], s["split"], row["metric"], row["task"]) for s in saved["splits"]
+                 if value(row["regime"], s["split"], row["metric"], row["task"]) is not None
+                 and value(row["versus_regime"], s["split"], row["metric"], row["task"]) is not None]
+        if diffs and row["mean_difference"] is not None:
+            assert row["mean_difference"] == pytest.approx(statistics.mean(diffs), abs=1e-9)
+            assert row["n_splits"] == len(diffs)
+            checked += 1
+    assert checked >= 10
+    assert {r["versus"] for r in saved["paired"]} == {"best_standard_fix", "copy_paste"}
+    assert record["quick"] is True and math.isfinite(record["wall_seconds"])
 
 
-def test_study_bundle_config_runs(tmp_path, tiny_datalist):
-    out = tmp_path / "study"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(STUDY),
-           "--bundle_root", str(STUDY.parents[1]), "--datalist", str(tiny_datalist),
-           "--output_dir", str(out), "--seeds", "[1]", "--subject_fractions", "[1.0]", "--tumour_shares", "[0.2]",
-           "--classifier_steps", "3", "--gan_iterations", "1", "--image_size", "32"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((out / "augmentation_study.json").read_text())
-    assert [(row["regime"], row["seeds"]) for row in record["summary"]] == [(r.name, 1) for r in STUDY_REGIMES]
-    assert record["config"]["seeds"] == [1] and record["conditions"][0]["tumour_share"] == 0.2
-    assert "| `real_gan` |" in result.stdout and (out / "augmentation_study.md").read_text() in result.stdout + "\n"
-    assert (out / "study_results.png").is_file() and (out / "study_gan_samples.png").is_file()
+def test_classifier_stops_early_and_keeps_its_curve():
+    labels = torch.tensor([1] * 8 + [0] * 24)
+    images = torch.randn(32, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    history = []
+    train_slice_classifier(images, labels, steps=200, batch_size=8, select=lambda network: 0.5, select_every=10,
+                           patience=3, history=history, amp=True)
+    # a score that never improves: the first scoring is the best, three more without improvement stop the run
+    assert [h["step"] for h in history] == [10, 20, 30, 40]
+    assert all(h["score"] == 0.5 and math.isfinite(h["loss"]) for h in history)

@@ -79,6 +79,9 @@ def train_slice_classifier(
     steps: int | None = None,
     select: Callable[[nn.Module], float] | None = None,
     select_every: int | None = None,
+    patience: int | None = None,
+    amp: bool = False,
+    history: list[dict[str, float]] | None = None,
 ) -> ResNet:
     """Train :func:`build_slice_classifier` on real slices, with a class-weighted loss, reproducibly.
 
@@ -113,6 +116,12 @@ def train_slice_classifier(
         select: scores the network (in eval mode) on held-out data, higher is better; the weights with the best
             score (the earliest on ties) are returned instead of the last ones. None returns the last weights.
         select_every: steps between two scorings (and the last step); None for once per epoch.
+        patience: with ``select``, stop after this many scorings in a row without a better score (early
+            stopping); None trains for the whole budget.
+        amp: run the forward pass under bfloat16 autocast (about 2x on CPUs with bf16 instructions); the loss and
+            the optimiser stay in float32.
+        history: a list that receives one ``{"step", "score", "loss"}`` per scoring (``loss``: the mean training
+            loss since the previous scoring), to show whether the budget was enough.
 
     Returns:
         the trained network, in eval mode, on ``device``.
@@ -152,23 +161,34 @@ def train_slice_classifier(
                     order = torch.multinomial(draw_weights, images.shape[0], replacement=True, generator=order_rng)
                 yield from order.split(batch_size)
 
-        best_score, best_state = -math.inf, None
+        best_score, best_state, stale = -math.inf, None, 0
+        losses: list[torch.Tensor] = []
         network.train()
         for step, index in zip(range(total_steps), batches(), strict=False):
             if index.numel() >= 2:  # batch norm needs two samples
                 batch = images[index] if augment is None else augment(images[index])
-                logits = network(batch.to(device))
-                loss = F.cross_entropy(logits, labels[index].to(device), weight=weights)
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+                    logits = network(batch.to(device))
+                loss = F.cross_entropy(logits.float(), labels[index].to(device), weight=weights)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
+                losses.append(loss.detach())
             if select is not None and ((step + 1) % select_every == 0 or step + 1 == total_steps):
                 network.eval()
                 score = float(select(network))
                 network.train()
+                if history is not None:
+                    mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
+                    history.append({"step": step + 1, "score": score, "loss": mean_loss})
+                losses.clear()
                 if best_state is None or score > best_score:
-                    best_score = score
+                    best_score, stale = score, 0
                     best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                else:
+                    stale += 1
+                    if patience is not None and stale >= int(patience):
+                        break
         if best_state is not None:
             network.load_state_dict(best_state)
     return network.eval()

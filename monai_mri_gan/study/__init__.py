@@ -1,50 +1,65 @@
-"""A downstream study: does GAN augmentation help an imbalanced tumour / no-tumour slice classifier?
+"""A downstream study: does synthetic data help a tumour detector (and segmenter) when tumour patients are scarce?
 
 The experiment driver, on top of the library (nothing in the library imports it). The cohort is split **by
-subject** into training, validation and test subjects (:mod:`~monai_mri_gan.study.splits`). For each condition (a
-share of the training subjects and a tumour share of the training slices) a class-conditional GAN is trained by the
-training bundle on that condition's real training slices only, refusing any validation or test subject
-(:mod:`~monai_mri_gan.study.gan`), and a slice classifier is trained under each regime
-(:mod:`~monai_mri_gan.study.regimes`) with the same budget of optimiser steps and several seeds. The classifier
-keeps the weights that score best on the validation subjects and is scored once on the test subjects
-(:mod:`~monai_mri_gan.study.scoring`). :func:`~monai_mri_gan.study.driver.run_study` does all of it, given the
-training bundle's ``train.json``; :mod:`~monai_mri_gan.study.report` turns its result into a table and figures.
+subject**, several times, into training, validation and test subjects (:mod:`~monai_mri_gan.study.splits`). At each
+scarcity level ``k`` the training set keeps every healthy training subject and ``k`` tumour subjects; the lesion
+painter (:mod:`~monai_mri_gan.study.gan`) sees only those, and its slices enter through the augmented datalist, read
+as a user's MONAI pipeline reads it (:mod:`~monai_mri_gan.study.data`). Every regime
+(:mod:`~monai_mri_gan.study.regimes`) trains a classifier and a segmenter (:mod:`~monai_mri_gan.study.segmenter`) at
+the same budget, with validation-based early stopping, and is scored once on the test subjects
+(:mod:`~monai_mri_gan.study.scoring`). :func:`~monai_mri_gan.study.driver.run_study` does all of it;
+:mod:`~monai_mri_gan.study.statistics` turns its runs into intervals, paired differences, tables and a figure.
 """
 
 from __future__ import annotations
 
 from ..errors import SubjectLeakageError
 from .cohort import slice_subjects, study_datalist
-from .driver import run_study
-from .gan import sample_synthetic, train_gan, training_config
-from .regimes import STUDY_REGIMES, ClassicAugmentation, Regime, regime_training_set
-from .report import gan_sample_figure, markdown_report, plot_study, summarise_runs, write_report
-from .scoring import METRICS, binary_classification_metrics, tumour_probabilities
-from .splits import SubjectSplit, check_no_leakage, split_subjects, subject_classes, training_subset
+from .data import StudySlices, cohort_slices, datalist_slices, slice_chain
+from .driver import NO_LESION_FLOOR, StudySettings, run_study
+from .gan import bundle_config, train_bundle, write_training_datalist
+from .regimes import DEFAULT_REGIMES, STUDY_REGIMES, ClassicAugmentation, Regime, regimes_named
+from .scoring import CLASSIFICATION_METRICS, auroc, classification_metrics, no_lesion_floor, tumour_probabilities
+from .segmenter import segment, segmentation_metrics, train_segmenter
+from .splits import SubjectSplit, check_no_leakage, scarce_training_subjects, split_subjects, subject_classes
+from .statistics import markdown_tables, paired_differences, plot_study, summarise, t_interval, write_results
 
 __all__ = [
-    "METRICS",
+    "CLASSIFICATION_METRICS",
+    "DEFAULT_REGIMES",
+    "NO_LESION_FLOOR",
     "STUDY_REGIMES",
     "ClassicAugmentation",
     "Regime",
+    "StudySettings",
+    "StudySlices",
     "SubjectLeakageError",
     "SubjectSplit",
-    "binary_classification_metrics",
+    "auroc",
+    "bundle_config",
     "check_no_leakage",
-    "gan_sample_figure",
-    "markdown_report",
+    "classification_metrics",
+    "cohort_slices",
+    "datalist_slices",
+    "markdown_tables",
+    "no_lesion_floor",
+    "paired_differences",
     "plot_study",
-    "regime_training_set",
+    "regimes_named",
     "run_study",
-    "sample_synthetic",
+    "scarce_training_subjects",
+    "segment",
+    "segmentation_metrics",
+    "slice_chain",
     "slice_subjects",
     "split_subjects",
     "study_datalist",
     "subject_classes",
-    "summarise_runs",
-    "train_gan",
-    "training_config",
-    "training_subset",
+    "summarise",
+    "t_interval",
+    "train_bundle",
+    "train_segmenter",
     "tumour_probabilities",
-    "write_report",
+    "write_results",
+    "write_training_datalist",
 ]

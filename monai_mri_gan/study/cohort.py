@@ -10,7 +10,7 @@ __all__ = ["slice_subjects", "study_datalist"]
 
 
 def study_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str | os.PathLike | None = None,
-                   demo_subjects: int = 96, on_error: str = "raise") -> list[dict]:
+                   demo_subjects: int = 96, on_error: str = "raise", demo_seed: int = 0) -> list[dict]:
     """The study's cohort: the user's datalist or folder, or else a demo cohort of ``demo_subjects`` subjects.
 
     The study's default demo cohort is larger than the training bundle's (32 subjects, 8 with a tumour): with only
@@ -22,12 +22,13 @@ def study_datalist(dataset_dir: str | os.PathLike | None = None, datalist: str |
         datalist: a MONAI/Decathlon datalist JSON.
         demo_subjects: size of the demo cohort used when neither is given.
         on_error: "raise" or "skip" bad inputs found while searching a folder.
+        demo_seed: seed of the demo cohort.
 
     Returns:
         datalist items with ``image``, optional ``label`` and ``class``, and ``subject``.
     """
     if dataset_dir is None and datalist is None:
-        return load_datalist(demo_cohort(num_subjects=int(demo_subjects)))
+        return load_datalist(demo_cohort(seed=int(demo_seed), num_subjects=int(demo_subjects)))
     return resolve_datalist(dataset_dir=dataset_dir, datalist=datalist, on_error=on_error)
 
 

@@ -1,191 +1,344 @@
-"""The study's driver: split, conditions, one GAN per condition, every regime and seed, test metrics."""
+"""The study's driver: repeated subject splits, scarcity in tumour patients, every regime, paired test metrics."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from ..data import SliceCohort
+from ..data import LesionCrops, SliceCohort
 from ..metrics.classifier import train_slice_classifier
-from ..runs import generator_from_checkpoint
+from ..synthesis import build_balanced_set, build_painted_set
 from .cohort import slice_subjects
-from .gan import sample_synthetic, train_gan, training_config
-from .regimes import STUDY_REGIMES, ClassicAugmentation, Regime, regime_training_set
-from .report import summarise_runs
-from .scoring import binary_classification_metrics, tumour_probabilities
-from .splits import check_no_leakage, split_subjects, subject_classes, training_subset
+from .data import StudySlices, cohort_slices, datalist_slices
+from .gan import train_bundle, write_training_datalist
+from .regimes import DEFAULT_REGIMES, ClassicAugmentation, Regime, regimes_named
+from .scoring import CLASSIFICATION_METRICS, auroc, classification_metrics, no_lesion_floor, tumour_probabilities
+from .segmenter import segment, segmentation_metrics, train_segmenter
+from .splits import SubjectSplit, check_no_leakage, scarce_training_subjects, split_subjects, subject_classes
 
-__all__ = ["run_study"]
+__all__ = ["NO_LESION_FLOOR", "SEGMENTATION_METRICS", "StudySettings", "run_study"]
 
 logger = logging.getLogger(__name__)
 
+NO_LESION_FLOOR = "no_lesion_floor"
+"""The reference row of a classifier that sees slice position and head area only, never a lesion."""
 
-def run_study(
-    datalist: Sequence[dict],
-    output_dir: str | os.PathLike,
-    train_config: str | os.PathLike,
-    seeds: Sequence[int] = (0, 1, 2),
-    subject_fractions: Sequence[float] = (1.0, 0.5),
-    tumour_shares: Sequence[float] = (0.1, 0.05, 0.02),
-    regimes: Sequence[Regime] = STUDY_REGIMES,
-    split_fractions: Sequence[float] = (0.5, 0.2, 0.3),
-    split_seed: int = 0,
-    image_size: int = 64,
-    slicing: Mapping[str, Any] | None = None,
-    classifier_steps: int = 120,
-    classifier_batch_size: int = 32,
-    classifier_widths: Sequence[int] = (8, 16, 32, 64),
-    learning_rate: float = 2e-3,
-    select_every: int = 40,
-    gan_iterations: int = 400,
-    gan_channels: int | None = 16,
-    gan_overrides: Mapping[str, Any] | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Run the whole study: split, conditions, one GAN per condition, every regime and seed, test metrics.
+SEGMENTATION_METRICS = ("dice", "false_positive_rate")
+"""The segmentation metrics the study reports."""
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The study's budgets and model settings; one set for every regime (the equal budget).
 
     Args:
-        datalist: the cohort's datalist items (``image``, ``label``, ``subject``).
-        output_dir: working folder (GAN runs go to ``gan/<condition>``).
-        train_config: the training bundle's ``configs/train.json``, which trains every condition's GAN
-            (:func:`~monai_mri_gan.study.gan.train_gan`); checked before anything else is done.
-        seeds: classifier seeds; seed ``s`` also draws the synthetic slices of its runs.
-        subject_fractions: shares of the training subjects (the amount of real data).
-        tumour_shares: tumour shares of the training slices (the imbalance).
-        regimes: the regimes to compare.
-        split_fractions: shares of training, validation and test subjects.
-        split_seed: seed of the split and of the condition subsets.
-        image_size: slice size in pixels (GAN and classifier).
-        slicing: :func:`~monai_mri_gan.data.slice_transforms` arguments; default axial slices, percentile
-            normalisation, at least 5 % head and 20 tumour voxels (any mask label) for a tumour slice. It is also
-            recorded as the GANs' slicing configuration.
-        classifier_steps: optimiser steps of every classifier run (the equal budget).
+        image_size: side of the square slices the downstream models see (native slices padded and resized).
+        classifier_steps: most optimiser steps of a classifier run.
         classifier_batch_size: slices per classifier step.
-        classifier_widths: stage widths of :func:`~monai_mri_gan.metrics.build_slice_classifier`.
-        learning_rate: classifier learning rate.
-        select_every: steps between two validation scorings (balanced accuracy) for weight selection.
-        gan_iterations: generator steps of each GAN.
-        gan_channels: base channels of the GAN's generator and discriminator; None for the networks' defaults
-            (at 64 px: 16 for the generator, 32 for the discriminator).
-        gan_overrides: further bundle overrides for :func:`~monai_mri_gan.study.gan.train_gan`. The study sets
-            ``amp`` off (fp32, as in its measured run) unless this says otherwise.
-        cache_dir: optional cache of the sliced cohort.
+        classifier_widths: stage widths of the MONAI ResNet (one basic block per stage).
+        learning_rate: Adam learning rate of both models.
+        eval_every: steps between validation scorings (AUROC for the classifier, Dice for the segmenter).
+        patience: scorings without improvement that stop a run early (the best weights are kept).
+        segmenter_steps: most optimiser steps of a segmenter run.
+        segmenter_batch_size: slices per segmenter step.
+        segmenter_channels: channels of the MONAI UNet.
+        painter_iterations: generator steps of each condition's lesion painter.
+        whole_slice_iterations: generator steps of each condition's whole-slice GAN (full grid only).
+        amp: bfloat16 autocast in the downstream models' forward passes.
+        seeds: model seeds, nested in every split.
+        fractions: shares of training, validation and test subjects.
+    """
+
+    image_size: int = 96
+    classifier_steps: int = 600
+    classifier_batch_size: int = 32
+    classifier_widths: tuple[int, ...] = (16, 32, 64, 128)
+    learning_rate: float = 1e-3
+    eval_every: int = 50
+    patience: int = 4
+    segmenter_steps: int = 600
+    segmenter_batch_size: int = 16
+    segmenter_channels: tuple[int, ...] = (16, 32, 64, 128)
+    painter_iterations: int = 400
+    whole_slice_iterations: int = 600
+    amp: bool = True
+    seeds: tuple[int, ...] = (0,)
+    fractions: tuple[float, float, float] = (0.5, 0.2, 0.3)
+
+
+def _level(k: int | None) -> int | str:
+    return "all" if k is None else int(k)
+
+
+def _floor_features(cohort: SliceCohort, subjects: Sequence[str]) -> torch.Tensor:
+    """Per slice: relative position among its volume's slices, its square, and the head's share of the slice."""
+    index = torch.tensor([float(s["slice_index"]) for s in cohort])
+    by_volume: dict[str, list[int]] = {}
+    for p, s in enumerate(cohort):
+        by_volume.setdefault(f"{subjects[p]}|{s['image'].meta.get('filename_or_obj')}", []).append(p)
+    relative = torch.zeros(len(cohort))
+    for members in by_volume.values():
+        low, high = index[members].min(), index[members].max()
+        relative[members] = (index[members] - low) / max(float(high - low), 1.0)
+    area = torch.tensor([float((torch.as_tensor(s["image"]) > -0.9).float().mean()) for s in cohort])
+    return torch.stack([relative, relative**2, area], dim=1)
+
+
+class _Condition:
+    """One split at one scarcity level: its training subjects, real slices and synthetic sets."""
+
+    def __init__(self, study: _Study, split_seed: int, split: SubjectSplit, k: int | None) -> None:
+        self.study, self.split_seed, self.split, self.k = study, split_seed, split, k
+        self.subjects = scarce_training_subjects(split, study.subject_class, k, seed=split_seed)
+        check_no_leakage(self.subjects, split)
+        chosen = set(self.subjects)
+        self.index = [i for i, s in enumerate(study.subjects) if s in chosen]
+        self.real = study.slices.subset(self.index)
+        self.folder = study.work / f"split{split_seed}" / f"k{_level(k)}"
+        self.datalist = write_training_datalist([i for i in study.items if str(i["subject"]) in chosen], split,
+                                                self.folder / "train_datalist.json")
+        self.synthetic: dict[str, StudySlices] = {}
+        self.timings: dict[str, float] = {}
+
+    def painter(self) -> Path:
+        """Train this condition's lesion painter (once) on its training subjects' lesions only."""
+        path = self.folder / "painter"
+        if "painter" not in self.timings:
+            start = time.perf_counter()
+            study = self.study
+            slices = [study.cohort[i] for i in self.index]
+            crops = len(LesionCrops(slices, crop_size=study.crop_size,
+                                    min_voxels=int(study.slicing.get("tumour_min_voxels", 20))))
+            epochs = max(1, math.ceil(study.settings.painter_iterations / max(1, math.ceil(crops / 16))))
+            self.checkpoint = train_bundle(study.painter_config, self.datalist, path, epochs, seed=self.split_seed,
+                                           slicing=dict(study.slicing), batch_size=16)
+            self.timings["painter"] = time.perf_counter() - start
+        return self.checkpoint
+
+    def synthetic_set(self, source: str) -> StudySlices:
+        """The synthetic tumour slices of ``source``, read from the augmented datalist as a user would."""
+        if source not in self.synthetic:
+            start = time.perf_counter()
+            study = self.study
+            if source == "whole_slice":
+                if study.whole_slice_config is None:
+                    raise ValueError("the whole_slice_gan regime needs whole_slice_config (the brain_mri_gan bundle's "
+                                     "configs/train.json).")
+                per_epoch = max(1, math.ceil(len(self.real) / 32))
+                epochs = max(1, math.ceil(study.settings.whole_slice_iterations / per_epoch))
+                checkpoint = train_bundle(study.whole_slice_config, self.datalist, self.folder / "whole_slice", epochs,
+                                          seed=self.split_seed, evaluate_every=0, image_size=64,
+                                          slicing=dict(study.slicing))
+                path = build_balanced_set(checkpoint, self.folder / "whole_slice_set", datalist=self.datalist,
+                                          seed=self.split_seed, overwrite=True)
+            else:
+                path = build_painted_set(self.painter(), self.folder / f"{source}_set", datalist=self.datalist,
+                                         seed=self.split_seed, method="gan" if source == "painted" else "copy_paste",
+                                         overwrite=True)
+            found = datalist_slices(path, study.settings.image_size)
+            self.synthetic[source] = found.subset(torch.nonzero(found.synthetic).reshape(-1))
+            self.timings[source] = time.perf_counter() - start
+        return self.synthetic[source]
+
+    def training_set(self, regime: Regime) -> StudySlices:
+        if regime.synthetic == "none":
+            return self.real
+        return StudySlices.concat([self.real, self.synthetic_set(regime.synthetic)])
+
+
+class _Study:
+    """The cohort, its slices in the study's form, and the settings every condition shares."""
+
+    def __init__(self, items: Sequence[Mapping[str, Any]], work: Path, painter_config: str | os.PathLike,
+                 whole_slice_config: str | os.PathLike | None, settings: StudySettings,
+                 slicing: Mapping[str, Any], crop_size: int) -> None:
+        self.items = [dict(i) for i in items]
+        missing = [i.get("image") for i in self.items if "subject" not in i]
+        if missing:
+            raise ValueError(f"{len(missing)} datalist item(s) without a subject, e.g. {missing[0]}: the study "
+                             "splits by subject.")
+        self.work, self.settings = work, settings
+        self.painter_config, self.whole_slice_config = painter_config, whole_slice_config
+        self.slicing, self.crop_size = dict(slicing), int(crop_size)
+        start = time.perf_counter()
+        self.cohort = SliceCohort(self.items, image_size=None, slicing=self.slicing)
+        self.subjects = slice_subjects(self.cohort)
+        self.classes = torch.tensor([int(s["class"]) for s in self.cohort])
+        self.subject_class = subject_classes(self.subjects, self.classes)
+        self.slices = cohort_slices(self.cohort, range(len(self.cohort)), self.subjects, settings.image_size)
+        self.floor_features = _floor_features(self.cohort, self.subjects)
+        self.load_seconds = time.perf_counter() - start
+
+    def part(self, names: Sequence[str]) -> list[int]:
+        chosen = set(names)
+        return [i for i, s in enumerate(self.subjects) if s in chosen]
+
+
+def _classifier_run(study: _Study, condition: _Condition, regime: Regime, seed: int, val: StudySlices,
+                    test: StudySlices) -> dict[str, Any]:
+    settings = study.settings
+    train = condition.training_set(regime)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    network = train_slice_classifier(
+        train.images, train.classes, num_classes=2, widths=settings.classifier_widths, batch_size=
+        settings.classifier_batch_size, learning_rate=settings.learning_rate, seed=seed,
+        class_weighted=regime.class_weighted, balance=1.0 if regime.oversample else 0.0,
+        augment=ClassicAugmentation(seed) if regime.classic_augmentation else None, steps=settings.classifier_steps,
+        select=lambda net: auroc(val.classes, tumour_probabilities(net, val.images)),
+        select_every=settings.eval_every, patience=settings.patience, amp=settings.amp, history=history)
+    scores = classification_metrics(val.classes, tumour_probabilities(network, val.images), test.classes,
+                                     tumour_probabilities(network, test.images))
+    return {"task": "classification", **_split_metrics(scores, CLASSIFICATION_METRICS), "curve": history,
+            "seconds": time.perf_counter() - start,
+            "training_slices": {"real": int((~train.synthetic).sum()), "synthetic": int(train.synthetic.sum()),
+                                "tumour": int(train.classes.sum())}}
+
+
+def _segmenter_run(study: _Study, condition: _Condition, regime: Regime, seed: int, val: StudySlices,
+                   test: StudySlices) -> dict[str, Any]:
+    settings = study.settings
+    train = condition.training_set(regime)
+    weights = None
+    if regime.oversample:
+        counts = torch.bincount(train.classes, minlength=2).double()
+        weights = (1.0 / counts)[train.classes]
+    augment: Callable | None = ClassicAugmentation(seed) if regime.classic_augmentation else None
+    start = time.perf_counter()
+    network, curve = train_segmenter(
+        train.images, train.masks, val.images, val.masks, max_steps=settings.segmenter_steps,
+        batch_size=settings.segmenter_batch_size, learning_rate=settings.learning_rate,
+        eval_every=settings.eval_every, patience=settings.patience, seed=seed, channels=settings.segmenter_channels,
+        augment=augment, sample_weights=weights, amp=settings.amp)
+    scores = segmentation_metrics(segment(network, test.images), test.masks)
+    return {"task": "segmentation", **_split_metrics(scores, SEGMENTATION_METRICS), "curve": curve,
+            "seconds": time.perf_counter() - start}
+
+
+def _split_metrics(scores: Mapping[str, float], reported: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The reported metrics apart from the run's other figures (threshold, slice counts)."""
+    return {"metrics": {k: float(scores[k]) for k in reported},
+            "details": {k: v for k, v in scores.items() if k not in reported}}
+
+
+def run_study(
+    datalist: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    painter_config: str | os.PathLike,
+    split_seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    tumour_subjects: Sequence[int | None] = (2, None),
+    regimes: Sequence[str] = DEFAULT_REGIMES,
+    settings: StudySettings | None = None,
+    tasks: Sequence[str] = ("classification", "segmentation"),
+    whole_slice_config: str | os.PathLike | None = None,
+    slicing: Mapping[str, Any] | None = None,
+    crop_size: int = 80,
+    on_run: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the study: for each subject split and scarcity level, train every regime's models and score them on test.
+
+    For each split seed the subjects are split into training, validation and test subjects (stratified by whether a
+    subject has a tumour; never by slice). For each ``k`` in ``tumour_subjects`` the training set keeps every
+    healthy training subject and ``k`` tumour subjects (nested in ``k``). The lesion painter (and the whole-slice
+    GAN, when asked) is trained on those subjects alone, through its bundle; its slices enter through the
+    augmented datalist (:func:`~monai_mri_gan.synthesis.build_painted_set`), read as a user's pipeline reads it.
+    Every regime then trains a classifier (and, where it applies, a segmenter) per model seed with validation-based
+    early stopping, and is scored once on the test subjects. A classifier on slice position and head area alone
+    (:func:`~monai_mri_gan.study.scoring.no_lesion_floor`) is scored beside them.
+
+    Args:
+        datalist: the cohort's items (``image``, ``label``, ``subject``; ``class`` optional).
+        output_dir: working folder (training datalists, generator runs and augmented sets per condition).
+        painter_config: the lesion painter bundle's ``configs/train.json``.
+        split_seeds: one subject split per seed.
+        tumour_subjects: the scarcity levels ``k``; None for every tumour training subject.
+        regimes: names of :data:`~monai_mri_gan.study.regimes.STUDY_REGIMES` to run.
+        settings: budgets and model settings (:class:`StudySettings`).
+        tasks: "classification" and/or "segmentation".
+        whole_slice_config: the whole-slice bundle's ``configs/train.json``; needed by ``whole_slice_gan`` only.
+        slicing: :func:`~monai_mri_gan.data.slice_transforms` arguments; None for the painter bundle's defaults.
+        crop_size: the painter's crop size (to size its training budget).
+        on_run: called with each run record as it is finished (e.g. to log progress).
 
     Returns:
-        a JSON-ready record: ``config``, ``split`` (slice and subject counts, and the subject ids),
-        ``conditions`` (each with its training counts, GAN record and runs: regime, seed, test and validation
-        metrics), ``summary`` (:func:`~monai_mri_gan.study.report.summarise_runs`) and ``timings``.
+        ``runs`` (one record per model run: task, split, tumour_subjects, regime, seed, metrics, curve, seconds),
+        ``splits`` (the subject ids of each split), ``settings``, ``conditions`` (training subjects and timings)
+        and ``seconds``.
 
     Raises:
-        FileNotFoundError: when there is no file at ``train_config``.
+        ValueError: for an unknown regime or task, or a scarcity level the splits cannot give.
+        SubjectLeakageError: if a held-out subject reaches a training set (never, by construction).
     """
-    started = time.perf_counter()
-    config_file = training_config(train_config)
-    output_dir = Path(output_dir)
-    slicing = dict(slicing if slicing is not None else
-                   {"axis": 2, "norm_mode": "percentile", "min_foreground": 0.05, "tumour_min_voxels": 20})
-    cohort = SliceCohort(datalist, cache_dir=cache_dir, image_size=image_size, **slicing)
-    images, classes = cohort.tensors()
-    subjects = slice_subjects(cohort)
-    split = split_subjects(subject_classes(subjects, classes), split_fractions, seed=split_seed)
-    logger.info("split: %d training, %d validation, %d test subjects", len(split.train), len(split.validation),
-                len(split.test))
+    start = time.perf_counter()
+    settings = settings or StudySettings()
+    unknown = sorted(set(tasks) - {"classification", "segmentation"})
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: classification, segmentation.")
+    chosen = regimes_named(regimes)
+    slicing = dict(slicing) if slicing is not None else _bundle_slicing(painter_config)
+    study = _Study(datalist, Path(output_dir), painter_config, whole_slice_config, settings, slicing, crop_size)
+    runs: list[dict[str, Any]] = []
+    splits: list[dict[str, Any]] = []
+    conditions: list[dict[str, Any]] = []
 
-    def part(names: Sequence[str]) -> torch.Tensor:
-        wanted = set(names)
-        return torch.tensor([i for i, s in enumerate(subjects) if s in wanted], dtype=torch.long)
+    def record(run: dict[str, Any], split_seed: int, k: int | None, regime: str, seed: int) -> None:
+        run.update({"split": int(split_seed), "tumour_subjects": _level(k), "regime": regime, "seed": int(seed)})
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
 
-    val_idx, test_idx = part(split.validation), part(split.test)
-    val_images, val_classes = images[val_idx], classes[val_idx]
-    test_images, test_classes = images[test_idx], classes[test_idx]
-
-    def validation_score(network: nn.Module) -> float:
-        return binary_classification_metrics(val_classes, tumour_probabilities(network, val_images))[
-            "balanced_accuracy"]
-
-    def counts_of(index: torch.Tensor) -> dict[str, int]:
-        return {"no_tumour": int((classes[index] == 0).sum()), "tumour": int((classes[index] == 1).sum()),
-                "subjects": len({subjects[i] for i in index.tolist()})}
-
-    record: dict[str, Any] = {
-        "config": {
-            "seeds": [int(s) for s in seeds], "subject_fractions": [float(f) for f in subject_fractions],
-            "tumour_shares": [float(s) for s in tumour_shares], "regimes": [asdict(r) for r in regimes],
-            "split_fractions": [float(f) for f in split_fractions], "split_seed": int(split_seed),
-            "image_size": int(image_size), "slicing": slicing, "classifier_steps": int(classifier_steps),
-            "classifier_batch_size": int(classifier_batch_size),
-            "classifier_widths": [int(w) for w in classifier_widths], "learning_rate": float(learning_rate),
-            "select_every": int(select_every), "gan_iterations": int(gan_iterations),
-            "gan_channels": gan_channels, "gan_overrides": dict(gan_overrides or {}),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "split": {"train": counts_of(part(split.train)), "validation": counts_of(val_idx),
-                  "test": counts_of(test_idx), "subjects": asdict(split)},
-        "conditions": [],
-    }
-    gan_seconds = classifier_seconds = 0.0
-    for fraction in subject_fractions:
-        for share in tumour_shares:
-            name = f"subjects{round(100 * fraction)}_tumour{round(100 * share, 1):g}"
-            index = training_subset(subjects, classes, split.train, fraction, share, seed=split_seed)
-            train_images, train_classes = images[index], classes[index]
-            train_subjects = [subjects[i] for i in index.tolist()]
-            check_no_leakage(train_subjects, split)
-            condition: dict[str, Any] = {"name": name, "subject_fraction": float(fraction),
-                                         "tumour_share": float(share), "train": counts_of(index), "runs": []}
-            generator = None
-            if any(r.synthetic != "none" for r in regimes):
-                t0 = time.perf_counter()
-                overrides = {"g_channels": gan_channels, "d_channels": gan_channels, "amp": False, "slicing": slicing,
-                             **dict(gan_overrides or {})}
-                checkpoint = train_gan(train_images, train_classes, train_subjects, split, output_dir / "gan" / name,
-                                       config_file, iterations=gan_iterations, seed=split_seed, **overrides)
-                generator = generator_from_checkpoint(checkpoint, weights_key="ema_generator")
-                condition["gan"] = {"seconds": round(time.perf_counter() - t0, 1),
-                                    "subjects": len(set(train_subjects)), "checkpoint": checkpoint.name}
-                gan_seconds += time.perf_counter() - t0
-            recognised = []
-            for regime in regimes:
-                for seed in seeds:
-                    t0 = time.perf_counter()
-                    run_images, run_classes = regime_training_set(regime, train_images, train_classes, generator, seed)
-                    network = train_slice_classifier(
-                        run_images, run_classes, num_classes=2, widths=classifier_widths,
-                        batch_size=classifier_batch_size, learning_rate=learning_rate, seed=seed,
-                        class_weighted=regime.class_weighted, balance=regime.balance,
-                        augment=ClassicAugmentation(seed) if regime.classic_augmentation else None,
-                        steps=classifier_steps, select=validation_score, select_every=select_every,
-                    )
-                    test = binary_classification_metrics(test_classes, tumour_probabilities(network, test_images))
-                    condition["runs"].append({
-                        "regime": regime.name, "seed": int(seed), "test": test,
-                        "validation_balanced_accuracy": validation_score(network),
-                        "train_counts": {"no_tumour": int((run_classes == 0).sum()),
-                                         "tumour": int((run_classes == 1).sum())},
-                        "seconds": round(time.perf_counter() - t0, 2),
-                    })
-                    classifier_seconds += time.perf_counter() - t0
-                    if regime.name == "real_weighted" and generator is not None:
-                        # how many GAN tumour slices a classifier trained on real slices calls tumour
-                        fake = sample_synthetic(generator, 1, 256, seed=seed)
-                        recognised.append(float((tumour_probabilities(network, fake) >= 0.5).double().mean()))
-                    logger.info("%s %s seed %d: %s", name, regime.name, seed,
-                                ", ".join(f"{k} {v:.3f}" for k, v in test.items()))
-            if recognised:
-                condition["synthetic_tumour_recognised"] = float(np.mean(recognised))
-            record["conditions"].append(condition)
-    record["summary"] = summarise_runs(record)
-    record["timings"] = {"total_seconds": round(time.perf_counter() - started, 1),
-                         "gan_seconds": round(gan_seconds, 1), "classifier_seconds": round(classifier_seconds, 1)}
-    return record
+    for split_seed in split_seeds:
+        split = split_subjects(study.subject_class, settings.fractions, seed=int(split_seed))
+        splits.append({"split": int(split_seed), **asdict(split)})
+        val = study.slices.subset(study.part(split.validation))
+        test = study.slices.subset(study.part(split.test))
+        for k in tumour_subjects:
+            condition = _Condition(study, int(split_seed), split, k)
+            for seed in settings.seeds:
+                model_seed = int(seed) + 1000 * int(split_seed)
+                if "classification" in tasks:
+                    floor = no_lesion_floor(study.floor_features[condition.index], condition.real.classes,
+                                            study.floor_features[study.part(split.validation) + study.part(split.test)])
+                    n_val = len(val)
+                    scores = classification_metrics(val.classes, floor[:n_val], test.classes, floor[n_val:])
+                    record({"task": "classification", **_split_metrics(scores, CLASSIFICATION_METRICS),
+                            "seconds": 0.0}, split_seed, k, NO_LESION_FLOOR, seed)
+                for regime in chosen:
+                    if "classification" in tasks:
+                        record(_classifier_run(study, condition, regime, model_seed, val, test), split_seed, k,
+                               regime.name, seed)
+                    if "segmentation" in tasks and regime.segments:
+                        record(_segmenter_run(study, condition, regime, model_seed, val, test), split_seed, k,
+                               regime.name, seed)
+            conditions.append({"split": int(split_seed), "tumour_subjects": _level(k),
+                               "training_subjects": len(condition.subjects),
+                               "tumour_training_subjects": sum(study.subject_class[s] for s in condition.subjects),
+                               "real_training_slices": len(condition.real),
+                               "real_tumour_slices": int(condition.real.classes.sum()),
+                               "synthetic_slices": {s: len(v) for s, v in condition.synthetic.items()},
+                               "timings": condition.timings})
+    return {"runs": runs, "splits": splits, "settings": asdict(settings), "slicing": slicing,
+            "regimes": [r.name for r in chosen], "tasks": list(tasks), "conditions": conditions,
+            "cohort": {"subjects": len(study.subject_class), "tumour_subjects": sum(study.subject_class.values()),
+                       "slices": len(study.cohort), "tumour_slices": int(study.classes.sum()),
+                       "load_seconds": study.load_seconds},
+            "seconds": time.perf_counter() - start}
 
 
+def _bundle_slicing(painter_config: str | os.PathLike) -> dict[str, Any]:
+    """The lesion painter bundle's slicing settings."""
+    from monai.bundle import ConfigParser
+
+    from .gan import bundle_config
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_config(painter_config)))
+    return dict(parser.get_parsed_content("slicing"))

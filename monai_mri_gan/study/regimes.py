@@ -1,66 +1,94 @@
-"""The regimes of the study: how the downstream classifier is trained, classic augmentation, and each training set."""
+"""The regimes of the study: the remedies a team with few tumour patients can try, and classic augmentation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from monai.transforms import Compose, RandAdjustContrast, RandFlip, RandRotate, RandScaleIntensity
-from torch import nn
+from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandRotated, RandScaleIntensityd
 
-from ..synthesis.augmentation import synthetic_quota
-from .gan import sample_synthetic
+__all__ = ["DEFAULT_REGIMES", "STUDY_REGIMES", "SYNTHETIC_SOURCES", "ClassicAugmentation", "Regime", "regimes_named"]
 
-__all__ = ["STUDY_REGIMES", "ClassicAugmentation", "Regime", "regime_training_set"]
+SYNTHETIC_SOURCES = ("none", "copy_paste", "painted", "whole_slice")
+"""Where a regime's synthetic tumour slices come from: none, real lesions pasted (TumorCP-style), lesions painted by
+the lesion painter, or whole slices drawn by the class-conditional GAN."""
 
 
 @dataclass(frozen=True)
 class Regime:
-    """One way of training the downstream classifier.
+    """One way of training the downstream models, all at the same budget.
 
     Args:
         name: short name used in tables.
         description: one line for reports.
-        class_weighted: inverse-frequency class weights in the cross-entropy.
-        balance: oversampling of the rare class (see :func:`~monai_mri_gan.metrics.train_slice_classifier`).
+        class_weighted: inverse-frequency class weights in the classifier's cross-entropy (no segmentation run).
+        oversample: draw tumour slices as often as healthy ones.
         classic_augmentation: MONAI random flips, rotations and intensity changes (:class:`ClassicAugmentation`).
-        synthetic: ``"none"``; ``"balance"`` adds GAN tumour slices until the classes are equal; ``"only"`` trains
-            on GAN slices of both classes alone (as many per class as the real majority class).
+        synthetic: one of :data:`SYNTHETIC_SOURCES`; synthetic tumour slices are added until the classes are equal,
+            as the augmented datalist of :mod:`monai_mri_gan.synthesis` gives them.
 
     Raises:
-        ValueError: when ``synthetic`` is none of the three.
+        ValueError: for an unknown ``synthetic``.
     """
 
     name: str
     description: str
     class_weighted: bool = False
-    balance: float = 0.0
+    oversample: bool = False
     classic_augmentation: bool = False
     synthetic: str = "none"
 
     def __post_init__(self) -> None:
-        if self.synthetic not in ("none", "balance", "only"):
-            raise ValueError(f"synthetic must be 'none', 'balance' or 'only', got {self.synthetic!r}.")
+        if self.synthetic not in SYNTHETIC_SOURCES:
+            raise ValueError(f"synthetic must be one of {SYNTHETIC_SOURCES}, got {self.synthetic!r}.")
+
+    @property
+    def segments(self) -> bool:
+        """Whether the regime also trains a segmenter: class weights are a classifier's remedy, and whole-slice GAN
+        samples come without masks."""
+        return not self.class_weighted and self.synthetic != "whole_slice"
 
 
 STUDY_REGIMES: tuple[Regime, ...] = (
-    Regime("real", "real slices, imbalanced, plain cross-entropy"),
-    Regime("real_weighted", "real slices, inverse-frequency class-weighted cross-entropy", class_weighted=True),
-    Regime("real_oversampled", "real slices, tumour slices oversampled to equal draws", balance=1.0),
-    Regime("real_classic_aug", "real slices, class-weighted loss + MONAI random flips, rotations, intensity",
-           class_weighted=True, classic_augmentation=True),
-    Regime("real_gan", "real slices + GAN tumour slices up to balance, plain cross-entropy", synthetic="balance"),
-    Regime("synthetic_only", "GAN slices only (both classes, balanced), tested on real", synthetic="only"),
+    Regime("real", "real slices as they come, plain loss"),
+    Regime("class_weighted", "real slices, inverse-frequency class-weighted cross-entropy", class_weighted=True),
+    Regime("oversampling", "real slices, tumour slices drawn as often as healthy ones", oversample=True),
+    Regime("classic_augmentation", "real slices oversampled, with MONAI random flips, rotations and intensity",
+           oversample=True, classic_augmentation=True),
+    Regime("copy_paste", "real slices + real lesions pasted into healthy slices up to balance",
+           synthetic="copy_paste"),
+    Regime("whole_slice_gan", "real slices + whole-slice GAN tumour slices up to balance", synthetic="whole_slice"),
+    Regime("painted", "real slices + lesions painted into healthy slices up to balance", synthetic="painted"),
+    Regime("painted_classic", "painted lesions up to balance, with classic augmentation", synthetic="painted",
+           classic_augmentation=True),
 )
-"""The regimes of the study, from the baseline through the standard fixes to GAN augmentation."""
+"""Every regime, from the baseline through the standard fixes to synthetic data."""
+
+DEFAULT_REGIMES: tuple[str, ...] = tuple(r.name for r in STUDY_REGIMES if r.name != "whole_slice_gan")
+"""The regimes of the default run: the whole-slice GAN is left to the full grid, as training one GAN per split and
+scarcity level costs more than every other regime together (and it lost to the standard fixes before)."""
+
+
+def regimes_named(names: Sequence[str]) -> tuple[Regime, ...]:
+    """The regimes of ``names``, in the order of :data:`STUDY_REGIMES`.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    known = {r.name: r for r in STUDY_REGIMES}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown regime(s) {unknown}; known: {list(known)}.")
+    return tuple(r for r in STUDY_REGIMES if r.name in set(names))
 
 
 class ClassicAugmentation:
     """The classic augmentation users try first: MONAI random flips, rotations and intensity changes per slice.
 
     Each slice of a batch draws its own left-right flip (p 0.5), in-plane rotation (up to ``max_rotation``
-    radians, p 0.5, border padding so the background stays background), contrast gamma in [0.8, 1.25] (p 0.5) and
-    intensity scaling by up to 10 % (p 0.5), from a random state seeded with ``seed``.
+    radians, p 0.5), contrast gamma in [0.8, 1.25] (p 0.5) and intensity scaling by up to 10 % (p 0.5), from a
+    random state seeded with ``seed``. A mask, when given, moves with its slice (nearest neighbour).
 
     Args:
         seed: seed of the transforms' random state.
@@ -68,47 +96,28 @@ class ClassicAugmentation:
     """
 
     def __init__(self, seed: int = 0, max_rotation: float = 0.26) -> None:
+        keys = ["image", "label"]
         self.transform = Compose([
-            RandFlip(prob=0.5, spatial_axis=0),
-            RandRotate(range_x=max_rotation, prob=0.5, padding_mode="border"),
-            RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
-            RandScaleIntensity(factors=0.1, prob=0.5),
+            RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
+            RandRotated(keys, range_x=max_rotation, prob=0.5, padding_mode="border", mode=["bilinear", "nearest"],
+                        allow_missing_keys=True),
+            RandAdjustContrastd("image", prob=0.5, gamma=(0.8, 1.25)),
+            RandScaleIntensityd("image", factors=0.1, prob=0.5),
         ]).set_random_state(seed=seed)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Augment a ``(B, C, H, W)`` batch, each slice independently; values stay in [-1, 1]."""
-        out = [torch.as_tensor(self.transform(x)).as_subclass(torch.Tensor) for x in images]
-        return torch.stack(out).float().clamp(-1.0, 1.0)
+    def __call__(self, images: torch.Tensor,
+                 masks: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Augment a ``(B, 1, H, W)`` batch (and its masks), each slice independently; values stay in [-1, 1].
 
-
-def regime_training_set(regime: Regime, images: torch.Tensor, classes: torch.Tensor,
-                        generator: nn.Module | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The slices and classes a regime trains on, with its synthetic slices drawn with ``seed``.
-
-    Args:
-        regime: the regime (its ``synthetic`` setting decides the mix).
-        images: ``(N, 1, S, S)`` real training slices of the condition.
-        classes: ``(N,)`` class of each real slice (1 = tumour).
-        generator: the condition's conditional generator; None when the regime uses no synthetic slice.
-        seed: seed of the synthetic slices' latents.
-
-    Returns:
-        the training images and their classes.
-
-    Raises:
-        ValueError: when the regime needs synthetic slices and ``generator`` is None.
-    """
-    if regime.synthetic == "none":
-        return images, classes
-    if generator is None:
-        raise ValueError(f"regime {regime.name!r} needs a generator.")
-    counts = {c: int((classes == c).sum()) for c in (0, 1)}
-    if regime.synthetic == "balance":
-        extra = synthetic_quota(counts, 2, 1.0)[1]
-        fake = sample_synthetic(generator, 1, extra, seed=seed)
-        return torch.cat([images, fake]), torch.cat([classes, torch.ones(extra, dtype=torch.long)])
-    n = max(counts.values())
-    fake = torch.cat([sample_synthetic(generator, 0, n, seed=seed), sample_synthetic(generator, 1, n, seed=seed)])
-    return fake, torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
-
-
+        Returns:
+            the images, or the images and masks when masks are given.
+        """
+        items = [{"image": x} if masks is None else {"image": x, "label": m}
+                 for x, m in zip(images, masks if masks is not None else images, strict=True)]
+        out = [self.transform(item) for item in items]
+        augmented = torch.stack([torch.as_tensor(o["image"]).as_subclass(torch.Tensor) for o in out])
+        augmented = augmented.float().clamp(-1.0, 1.0)
+        if masks is None:
+            return augmented
+        labels = torch.stack([torch.as_tensor(o["label"]).as_subclass(torch.Tensor) for o in out])
+        return augmented, labels.round().to(masks.dtype)

@@ -1,4 +1,4 @@
-"""Subject-level splits of the study, the leakage guard, and the training subset of each condition."""
+"""Subject-level splits of the study, the leakage guard, and the training subjects of each scarcity level."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from ..errors import SubjectLeakageError
 
-__all__ = ["SubjectSplit", "check_no_leakage", "split_subjects", "subject_classes", "training_subset"]
+__all__ = ["SubjectSplit", "check_no_leakage", "scarce_training_subjects", "split_subjects", "subject_classes"]
 
 
 @dataclass(frozen=True)
@@ -116,71 +116,31 @@ def check_no_leakage(training_subjects: Iterable[str], split: SubjectSplit) -> N
         raise SubjectLeakageError(f"{len(leaked)} validation/test subject(s) in a training set: {leaked}.")
 
 
-def training_subset(subjects: Sequence[str], classes: torch.Tensor, train_subjects: Sequence[str],
-                    subject_fraction: float = 1.0, tumour_share: float | None = None, seed: int = 0) -> torch.Tensor:
-    """Indices of the training slices of one condition: a share of the training subjects and a tumour share.
+def scarce_training_subjects(split: SubjectSplit, classes: Mapping[str, int], tumour_subjects: int | None,
+                             seed: int = 0) -> tuple[str, ...]:
+    """The training subjects of one scarcity level: every healthy training subject and ``k`` tumour subjects.
 
-    Subjects are kept per subject class (``max(1, round(subject_fraction * n))`` of each, from a seeded shuffle).
-    Tumour slices are then dropped to reach ``tumour_share`` of the kept slices, whole subjects first (in a seeded
-    order) and the last subject's slices at random; when the share asked for is above the data's, no-tumour slices
-    are dropped at random instead. The same seed gives nested subsets: a smaller fraction or share keeps a subset
-    of what a larger one keeps.
+    Scarcity is in tumour patients, not slices: the ``k`` tumour subjects keep all their slices. They are the
+    first ``k`` of a seeded order of the split's tumour training subjects, so the levels of one split are nested
+    (the two subjects of ``k = 2`` are among the four of ``k = 4``).
 
     Args:
-        subjects: subject id of each slice of the cohort.
-        classes: ``(N,)`` class of each slice (1 = tumour).
-        train_subjects: the training subjects; no other subject's slice is ever returned.
-        subject_fraction: share of training subjects to keep, in (0, 1].
-        tumour_share: tumour share of the returned slices, in (0, 1); None keeps the data's own.
-        seed: seed of the choices.
+        split: the study's split.
+        classes: subject id -> subject class (1: the subject has a tumour slice).
+        tumour_subjects: ``k``; None for all of them.
+        seed: seed of the order.
 
     Returns:
-        sorted ``(M,)`` slice indices.
+        the subject ids, sorted.
 
     Raises:
-        ValueError: on a fraction or share out of range, or when no tumour slice is left to keep.
+        ValueError: when ``k`` is below 1 or above the number of tumour training subjects.
     """
-    if not 0.0 < float(subject_fraction) <= 1.0:
-        raise ValueError(f"subject_fraction must be in (0, 1], got {subject_fraction}.")
-    if tumour_share is not None and not 0.0 < float(tumour_share) < 1.0:
-        raise ValueError(f"tumour_share must be in (0, 1), got {tumour_share}.")
-    classes = torch.as_tensor(classes).reshape(-1)
-    rng = np.random.default_rng([seed, 1])
-    allowed = set(train_subjects)
-    per_subject = subject_classes([s for s in subjects if s in allowed],
-                                  classes[[i for i, s in enumerate(subjects) if s in allowed]])
-    kept_subjects: list[str] = []
-    for c in sorted(set(per_subject.values())):
-        members = sorted(s for s, k in per_subject.items() if k == c)
-        order = [members[i] for i in rng.permutation(len(members))]
-        kept_subjects += order[: max(1, round(float(subject_fraction) * len(order)))]
-    kept = set(kept_subjects)
-    tumour = [i for i, s in enumerate(subjects) if s in kept and int(classes[i]) == 1]
-    normal = [i for i, s in enumerate(subjects) if s in kept and int(classes[i]) != 1]
-    if not tumour:
-        raise ValueError("the kept training subjects have no tumour slice.")
-    if tumour_share is None:
-        return torch.tensor(sorted(tumour + normal), dtype=torch.long)
-    share = float(tumour_share)
-    wanted = max(1, round(share * len(normal) / (1.0 - share)))
-    if wanted <= len(tumour):
-        by_subject: dict[str, list[int]] = {}
-        for i in tumour:
-            by_subject.setdefault(subjects[i], []).append(i)
-        names = sorted(by_subject)
-        chosen: list[int] = []
-        for name in (names[i] for i in rng.permutation(len(names))):
-            slices = by_subject[name]
-            room = wanted - len(chosen)
-            if len(slices) > room:
-                slices = [slices[i] for i in sorted(rng.permutation(len(slices))[:room])]
-            chosen += slices
-            if len(chosen) == wanted:
-                break
-        tumour = chosen
-    else:
-        keep_normal = max(1, round(len(tumour) * (1.0 - share) / share))
-        normal = [normal[i] for i in rng.permutation(len(normal))[:keep_normal]]
-    return torch.tensor(sorted(tumour + normal), dtype=torch.long)
-
-
+    tumour = sorted(s for s in split.train if classes[s] == 1)
+    healthy = [s for s in split.train if classes[s] != 1]
+    k = len(tumour) if tumour_subjects is None else int(tumour_subjects)
+    if not 1 <= k <= len(tumour):
+        raise ValueError(f"tumour_subjects must be between 1 and the split's {len(tumour)} tumour training "
+                         f"subjects, got {tumour_subjects}.")
+    order = [tumour[i] for i in np.random.default_rng([seed, 7]).permutation(len(tumour))]
+    return tuple(sorted(healthy + order[:k]))
