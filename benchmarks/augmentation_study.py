@@ -15,6 +15,7 @@ grid.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import tempfile
@@ -26,6 +27,7 @@ import torch
 from monai_mri_gan.study import (
     DEFAULT_REGIMES,
     STUDY_REGIMES,
+    STUDY_SLICING,
     StudySettings,
     markdown_tables,
     paired_differences,
@@ -64,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", default=["classification", "segmentation"],
                         choices=["classification", "segmentation"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="model seeds, nested in every split")
+    parser.add_argument("--tumour_labels", nargs="+", default=[str(v) for v in STUDY_SLICING["tumour_labels"]],
+                        help="mask labels that make a tumour slice (default: the tumour core), or 'any'")
     parser.add_argument("--image_size", type=int, default=StudySettings.image_size)
     parser.add_argument("--classifier_steps", type=int, default=StudySettings.classifier_steps)
     parser.add_argument("--segmenter_steps", type=int, default=StudySettings.segmenter_steps)
@@ -101,16 +105,25 @@ def main(argv: list[str] | None = None) -> dict:
                              segmenter_steps=args.segmenter_steps, painter_iterations=args.painter_iterations,
                              seeds=tuple(args.seeds))
 
+    partial = Path(args.output).with_suffix(".runs.jsonl")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text("")
+
     def progress(run: dict) -> None:
+        with partial.open("a") as handle:  # every finished run at once: an interrupted study keeps what it did
+            handle.write(json.dumps(run, default=float) + "\n")
         shown = {k: round(v, 3) for k, v in run["metrics"].items() if k in (
             "auroc", "sensitivity_at_90_specificity", "dice", "false_positive_rate")}
         log.info("split %s, k %s, %s %s: %s (%.0f s)", run["split"], run["tumour_subjects"], run["regime"],
                  run["task"], shown, run["seconds"])
 
+    labels = None if args.tumour_labels == ["any"] else [int(v) for v in args.tumour_labels]
+    slicing = {**STUDY_SLICING, "tumour_labels": labels}
     with tempfile.TemporaryDirectory(prefix="augmentation-study-") as tmp:
         record = run_study(datalist, Path(args.work_dir or tmp), args.painter_config, split_seeds=args.split_seeds,
                            tumour_subjects=args.tumour_subjects, regimes=args.regimes, settings=settings,
-                           tasks=args.tasks, whole_slice_config=args.whole_slice_config, on_run=progress)
+                           tasks=args.tasks, whole_slice_config=args.whole_slice_config, slicing=slicing,
+                           on_run=progress)
     demo = args.datalist is None and args.dataset_dir is None
     record["data"] = (f"demo cohort, {args.demo_subjects} subjects, seed {args.demo_seed}" if demo else "user data")
     record["quick"] = bool(args.quick)
@@ -119,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "torch": torch.__version__, "threads": torch.get_num_threads()}
     record["summary"], record["paired"] = summarise(record["runs"]), paired_differences(record["runs"])
     paths = write_results(record, args.output)
+    partial.unlink()
     print(markdown_tables(record["summary"], record["paired"]))
     print(f"wall time {record['wall_seconds']:.0f} s; wrote {paths['json']}, {paths['markdown']}, {paths['figure']}")
     return record

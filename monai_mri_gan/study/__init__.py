@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..errors import SubjectLeakageError
 from .cohort import slice_subjects, study_datalist
 from .data import StudySlices, cohort_slices, datalist_slices, slice_chain
-from .driver import NO_LESION_FLOOR, StudySettings, run_study
+from .driver import NO_LESION_FLOOR, STUDY_SLICING, StudySettings, run_study
 from .gan import bundle_config, train_bundle, write_training_datalist
 from .regimes import DEFAULT_REGIMES, STUDY_REGIMES, ClassicAugmentation, Regime, regimes_named
 from .scoring import CLASSIFICATION_METRICS, auroc, classification_metrics, no_lesion_floor, tumour_probabilities
@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_REGIMES",
     "NO_LESION_FLOOR",
     "STUDY_REGIMES",
+    "STUDY_SLICING",
     "ClassicAugmentation",
     "Regime",
     "StudySettings",

@@ -24,7 +24,7 @@ from .scoring import CLASSIFICATION_METRICS, auroc, classification_metrics, no_l
 from .segmenter import segment, segmentation_metrics, train_segmenter
 from .splits import SubjectSplit, check_no_leakage, scarce_training_subjects, split_subjects, subject_classes
 
-__all__ = ["NO_LESION_FLOOR", "SEGMENTATION_METRICS", "StudySettings", "run_study"]
+__all__ = ["NO_LESION_FLOOR", "SEGMENTATION_METRICS", "STUDY_SLICING", "StudySettings", "run_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,13 @@ NO_LESION_FLOOR = "no_lesion_floor"
 
 SEGMENTATION_METRICS = ("dice", "false_positive_rate")
 """The segmentation metrics the study reports."""
+
+STUDY_SLICING = {"axis": 2, "spacing": None, "norm_mode": "percentile", "min_foreground": 0.05,
+                 "tumour_min_voxels": 20, "tumour_labels": [1, 3, 4], "drop_ambiguous": True}
+"""The study's slices and classes, as the whole-slice bundle cuts them: a tumour slice shows at least 20 voxels of
+tumour core (BraTS labels 1, 3, 4: what a T1 shows), and a slice with some mask but less core (oedema only, a
+lesion's edge) is left out rather than called healthy. With every mask label counting instead, slices of oedema
+alone, hardly visible on T1, are called tumour and no classifier reaches the sanity row."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +271,8 @@ def run_study(
         settings: budgets and model settings (:class:`StudySettings`).
         tasks: "classification" and/or "segmentation".
         whole_slice_config: the whole-slice bundle's ``configs/train.json``; needed by ``whole_slice_gan`` only.
-        slicing: :func:`~monai_mri_gan.data.slice_transforms` arguments; None for the painter bundle's defaults.
+        slicing: :func:`~monai_mri_gan.data.slice_transforms` arguments (:data:`STUDY_SLICING` when None); the
+            painter is trained with the same.
         crop_size: the painter's crop size (to size its training budget).
         on_run: called with each run record as it is finished (e.g. to log progress).
 
@@ -283,7 +291,7 @@ def run_study(
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; known: classification, segmentation.")
     chosen = regimes_named(regimes)
-    slicing = dict(slicing) if slicing is not None else _bundle_slicing(painter_config)
+    slicing = dict(slicing if slicing is not None else STUDY_SLICING)
     study = _Study(datalist, Path(output_dir), painter_config, whole_slice_config, settings, slicing, crop_size)
     runs: list[dict[str, Any]] = []
     splits: list[dict[str, Any]] = []
@@ -331,14 +339,3 @@ def run_study(
                        "slices": len(study.cohort), "tumour_slices": int(study.classes.sum()),
                        "load_seconds": study.load_seconds},
             "seconds": time.perf_counter() - start}
-
-
-def _bundle_slicing(painter_config: str | os.PathLike) -> dict[str, Any]:
-    """The lesion painter bundle's slicing settings."""
-    from monai.bundle import ConfigParser
-
-    from .gan import bundle_config
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle_config(painter_config)))
-    return dict(parser.get_parsed_content("slicing"))
