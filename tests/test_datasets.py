@@ -1,6 +1,7 @@
 """SliceCohort end to end: every slice pixel sits where SimpleITK says its source voxel is; error policy."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -181,3 +182,35 @@ def test_class_balanced_sampler_shares(balance):
     assert drawn.float().mean().item() == pytest.approx(expected, abs=0.02)
     with pytest.raises(ValueError, match="balance"):
         class_balanced_sampler(dataset, balance=1.5)
+
+
+def test_a_folder_of_malformed_inputs_is_skipped_case_by_case(tmp_path, rng):
+    """Good volumes among every kind of bad one: ``skip`` keeps the good, and says for each bad one what is wrong."""
+    affine = oblique_affine()
+    head = np.zeros((20, 22, 6), np.int16)
+    head[4:16, 4:18] = rng.integers(300, 900, size=(12, 14, 6))
+    nan = head.astype(np.float32)
+    nan[5, 5, 2] = np.nan
+    lying = bytearray(nib.Nifti1Image(head, affine).to_bytes())
+    lying[42:48] = np.array([4000, 4000, 4000], "<i2").tobytes()  # dim[1:4]
+    volumes = {"good1/t1.nii.gz": head, "good2/t1.nii.gz": head, "const/t1.nii.gz": np.full(head.shape, 7, np.int16),
+               "fourd/t1.nii.gz": np.stack([head, head], -1), "nan/t1.nii.gz": nan, "mask/t1.nii.gz": head,
+               "mask/t1_seg.nii.gz": np.zeros((5, 5, 5), np.uint8)}
+    files = {"empty/t1.nii": b"", "text/t1.nii": b"not an image\n" * 40, "lies/t1.nii": bytes(lying[:1500])}
+    for name in [*volumes, *files]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+    for name, data in volumes.items():
+        _nifti(tmp_path / name, data, affine)
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    items = resolve_datalist(tmp_path, on_error="skip")
+    cohort = SliceCohort(items, image_size=16, min_foreground=0.0, on_error="skip")
+    summary = cohort.summary()
+    assert summary["volumes"] == {"read": 9, "used": 2, "skipped": 7}
+    reasons = {Path(s["input"]).parent.name: s["reason"] for s in summary["skipped"]}
+    assert reasons.keys() == {"const", "fourd", "nan", "mask", "empty", "text", "lies"}
+    assert "constant volume" in reasons["const"] and "4D with 2 volumes" in reasons["fourd"]
+    assert "NaN" in reasons["nan"] and "does not match its image" in reasons["mask"]
+    assert "is empty" in reasons["empty"] and "is not a NIfTI file" in reasons["text"]
+    assert "header claims 128000000000 bytes" in reasons["lies"]  # 4000^3 int16 voxels
+    assert {Path(s["image"].meta["filename_or_obj"]).parent.name for s in cohort} == {"good1", "good2"}

@@ -565,6 +565,8 @@ def bad_nifti(name):
         "datatype.nii": patched(good, "<h", 70, 999),
         "pair.nii": good[:344] + b"ni1\0" + good[348:],
         "analyze.nii": good[:344] + b"\0\0\0\0" + good[348:],
+        "empty.nii": b"",
+        "empty.nii.gz": gzip.compress(b""),
     }[name]
 
 
@@ -584,6 +586,8 @@ def bad_nifti(name):
         ("datatype.nii", "NIfTI header is invalid: data code 999 not recognized"),
         ("pair.nii", "header magic 'ni1' says the voxels are in a separate .img file"),
         ("analyze.nii", "is not a NIfTI file: header magic '' is not 'n\\+1'"),
+        ("empty.nii", "is empty: it holds no bytes at all"),
+        ("empty.nii.gz", "is empty: it holds no decompressed bytes at all"),
     ],
 )
 def test_bad_nifti_names_the_real_cause(tmp_path, name, match):

@@ -568,7 +568,8 @@ def _to_3d(array: np.ndarray, vector: bool, where: str, volume_index: int | None
         if volume_index is None:
             raise DataError(
                 where,
-                f"is 4D with {n} volumes; choose one with SimpleITKReader(volume_index=i), 0 <= i < {n}.",
+                f"is 4D with {n} volumes; choose one with the slicing setting volume_index (--slicing#volume_index i "
+                f"in a bundle, SimpleITKReader(volume_index=i) in code), 0 <= i < {n}.",
             )
         if not -n <= volume_index < n:
             raise DataError(where, f"volume_index {volume_index} is out of range: the image has {n} volumes.")
@@ -703,6 +704,8 @@ def _nifti_header(
         the nibabel image class, the header, and the header's bytes as read.
     """
     block = stream.read(4)
+    if not block:
+        raise DataError(path, f"is empty: it holds no {decompressed}bytes at all.")
     klass, order = None, "<"
     if len(block) == 4:
         for order in "<>":
