@@ -128,6 +128,48 @@ def test_placement_stays_inside_the_eroded_foreground():
         assert set(np.unique(placed.labels)) <= {0, 1, 2, 4}  # nearest neighbour: no interpolated labels
 
 
+@pytest.mark.parametrize("dilate_px, band_px, margin", [(0, 0, 5.0), (1, 1, 2.5), (2, 1, 1.5)])
+def test_placement_draws_every_position_that_fits(dilate_px, band_px, margin):
+    """The positions drawn are exactly those where the lesion and its blend band keep the margin, by brute force."""
+    spacing = (1.0, 1.5)
+    foreground = _disc((26, 22), (13, 11), 11.0, spacing)
+    foreground[12:14, 3:8] = False  # a notch: the room is not convex
+    dot = np.zeros((3, 3), np.int16)
+    dot[1, 1] = 1
+    bank = LesionBank([Lesion(dot, np.zeros((3, 3), np.float32), spacing, "dot")])
+    placer = PlaceLesion(bank, **NO_AUGMENT, skull_margin_mm=margin, dilate_px=dilate_px, band_px=band_px)
+    placer.set_random_state(seed=0)
+    drawn = set()
+    for _ in range(300):
+        r0, r1, c0, c1 = placer(foreground, spacing).params["bbox_px"]
+        assert (r1 - r0, c1 - c0) == (1, 1)
+        drawn.add((r0, c0))
+    grid = np.argwhere(np.ones(foreground.shape, bool))
+    outside = np.argwhere(np.pad(~foreground, 1, constant_values=True)) - 1  # the slice's edge counts as outside
+    allowed = np.zeros(foreground.shape, bool)
+    allowed[tuple(grid[_min_distance(grid, outside, spacing) > margin].T)] = True
+    # the band: every pixel nearer than dilate + band + 1 px (weights > 0) must be allowed, inside the slice
+    reach = dilate_px + band_px + 1
+    forbidden = np.argwhere(np.pad(~allowed, reach, constant_values=True)) - reach
+    fits = {(int(r), int(c)) for r, c in np.argwhere(allowed) if _min_distance([(r, c)], forbidden)[0] >= reach}
+    assert len(fits) > 30 and drawn == fits
+
+
+def test_holes_in_the_head_are_room_for_lesions():
+    """A dark region the head encloses (a ventricle) is head: the margin is kept from the head's outer edge only."""
+    dot = np.zeros((3, 3), np.int16)
+    dot[1, 1] = 1
+    bank = LesionBank([Lesion(dot, np.zeros((3, 3), np.float32), (1.0, 1.0), "dot")])
+    ring = _disc((90, 90), (45, 45), 38.0) & ~_disc((90, 90), (45, 45), 15.0)
+    item = {"image": MetaTensor(torch.as_tensor(np.where(ring, 0.5, -1.0), dtype=torch.float32)[None, :, :, None],
+                                affine=torch.eye(4, dtype=torch.float64))}
+    # 24 mm from the ring's edges leaves nothing; from the filled head's edge, a 14 mm disc in the middle
+    transform = PlaceLesiond(bank, **NO_AUGMENT, dilate_px=0, band_px=0).set_random_state(seed=0)
+    for _ in range(5):
+        r0, _, c0, _ = transform(item)["placement"]["bbox_px"]
+        assert math.hypot(r0 - 45, c0 - 45) < 38 - HEAD_MARGIN_MM
+
+
 def test_placed_area_keeps_its_size_in_mm():
     labels, image = _tumour(radius_px=12)
     source_spacing, base_spacing = (0.9, 1.1), (1.3, 1.2)
@@ -231,6 +273,12 @@ def test_no_room_raises_naming_the_problem():
         placer(small, (1.0, 1.0))
     with pytest.raises(ValueError, match="no pixel is left inside the foreground of this 144x160 slice"):
         placer(_disc((144, 160), (70, 80), 7.0), (1.0, 1.0))
+    # a few pixels are left, all nearer to the edge than a blend band's 7 px: it fails at once, drawing nothing
+    state = placer.R.get_state()[1].copy()
+    with pytest.raises(ValueError, match=r"no room for a lesion and its blend band \(7 px\): \d+ px are left inside "
+                                         "the foreground of this 144x160 slice eroded by 8 mm, none as far"):
+        placer(_disc((144, 160), (70, 80), 12.0), (1.0, 1.0))
+    np.testing.assert_array_equal(placer.R.get_state()[1], state)
     item = {"image": MetaTensor(torch.as_tensor(np.where(small, 1.0, -1.0), dtype=torch.float32)[None, :, :, None],
                                 meta={"filename_or_obj": "/data/base.nii.gz", "slice_index": 4})}
     with pytest.raises(DataError, match="/data/base.nii.gz: slice 4: no room"):

@@ -251,6 +251,29 @@ def test_no_overwrite_unless_asked(tmp_path, export, painter):
     assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary file left
 
 
+def test_a_failed_write_stops_the_run_and_leaves_complete_samples(tmp_path, export, painter, monkeypatch):
+    out = tmp_path / "out"
+    synth = LesionPainterSynthesiser(painter["run"], out, num_samples=7, seed=1, datalist=export["datalist"],
+                                     batch_size=2)
+    write_slice, calls = synth.writer.write_slice, []
+
+    def failing(values, path, *args, **kwargs):
+        calls.append(Path(path).name)
+        if len(calls) == 4:
+            raise OSError("disk full")
+        return write_slice(values, path, *args, **kwargs)
+
+    monkeypatch.setattr(synth.writer, "write_slice", failing)
+    with pytest.raises(OSError, match="disk full"):
+        synth.run()
+    # written in a thread while later batches are painted, yet in order: nothing after the failed sample, and
+    # neither its mask nor any staged file is left
+    assert calls == [f"painted_{i:04d}.nii.gz" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"painted_{i:04d}{s}" for i in range(3) for s in (".nii.gz", "_mask.nii.gz", ".json"))
+    assert synth.timings["write_s"] > 0 and synth.timings["load_s"] > 0
+
+
 def test_privacy_of_a_hospital_export(tmp_path, export, painter, caplog):
     key_file = painter["key"]
     key_before = key_file.read_bytes() if key_file.exists() else None

@@ -20,13 +20,16 @@ write identical files except the ``created`` time of the sidecars.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
+import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -331,12 +334,9 @@ class LesionPainterSynthesiser:
         for tries in range(1, self.base_tries + 1):
             position = healthy[int(rng.integers(len(healthy)))]
             placement_seed = int(rng.integers(_SEED_RANGE))
-            placer = PlaceLesiond(self.bank, keys="image", label_key="label",
-                                  dilate_px=int(self.painting["dilate_px"]), band_px=int(self.painting["band_px"]),
-                                  **self.placement)
-            placer.set_random_state(seed=placement_seed)
+            self._placer.set_random_state(seed=placement_seed)
             try:
-                placed = placer(self.base_cohort[position])
+                placed = self._placer(self.base_cohort[position])
             except DataError as err:
                 failure = err
                 continue
@@ -345,6 +345,12 @@ class LesionPainterSynthesiser:
                     "placement_seed": placement_seed, "latent_seed": latent_seed}
         raise DataError(failure.path, f"sample {sample_index}: no lesion fits into any of the {self.base_tries} base "
                                       f"slices drawn; the last: {failure.problem}") from failure
+
+    @functools.cached_property
+    def _placer(self) -> PlaceLesiond:
+        """The placement transform, reseeded for each base slice drawn (it keeps what it computed per lesion)."""
+        return PlaceLesiond(self.bank, keys="image", label_key="label", dilate_px=int(self.painting["dilate_px"]),
+                            band_px=int(self.painting["band_px"]), **self.placement)
 
     @torch.no_grad()
     def paint(self, placed: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -509,17 +515,21 @@ class LesionPainterSynthesiser:
             reference_slice_index=int(item["slice_index"]),
             reference_affine=np.asarray(convert_to_numpy(image.affine), dtype=np.float64),
             reference_axis=int(item["slice_axis"]),
+            reference_acquisition=image.meta.get("acquisition", "{}"),
             extra=extra,
         )
 
     def run(self) -> list[dict[str, Any]]:
         """Place, paint and write every sample.
 
-        The time spent is kept in :attr:`timings` (``load_s``: reading the base slices from source, ``place_s``,
-        ``paint_s``, ``write_s``: compositing and writing).
+        Each batch of ``batch_size`` samples is placed (and painted) while a thread reads the previous ones' base
+        slices from source, composites and writes them; it pauses while a generator on the CPU paints, which takes
+        every core. The time spent is kept in :attr:`timings` (``load_s``: reading the base slices from source,
+        ``place_s``, ``paint_s``, ``write_s``: compositing and writing); reading and writing overlap placement.
 
         Returns:
-            one entry per sample: ``image``, ``mask`` and ``provenance`` paths, ``sample_index`` and ``method``.
+            one entry per sample: ``image``, ``mask`` and ``provenance`` paths, ``sample_index``, ``position`` (of
+            the base slice in :attr:`base_cohort`) and ``method``.
 
         Raises:
             FileExistsError: when an output exists and ``overwrite`` is False (checked before anything is read).
@@ -542,7 +552,44 @@ class LesionPainterSynthesiser:
     def _run(self, key: bytes) -> list[dict[str, Any]]:
         """Place, paint and write the samples; see :meth:`run`."""
         self.timings = {"load_s": 0.0, "place_s": 0.0, "paint_s": 0.0, "write_s": 0.0}
-        written = []
+        threads = torch.get_num_threads()
+        # reading the bases and writing (much of it file I/O, SimpleITK and zlib, which release the GIL) go to one
+        # thread, which alone touches the raw slices and the writers, while this one places and paints the next
+        # batch. Its torch ops are small: one intra-op thread (a per-thread setting) keeps them from stalling on busy
+        # cores, and leaves the generator the caller's threads
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="painter-write", initializer=torch.set_num_threads,
+                                  initargs=(1,))
+        try:
+            written = self._pipeline(pool, key)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            # the worker's setting is also the default of threads started later: the caller's is given back
+            torch.set_num_threads(threads)
+        logger.info("painted %d slice(s) (%s) into %s", len(written), self.method, self.output_dir)
+        return written
+
+    def _pipeline(self, pool: ThreadPoolExecutor, key: bytes) -> list[dict[str, Any]]:
+        """Place and paint batch after batch, and hand each sample to ``pool`` to write; the written samples in
+        order."""
+        written: list[dict[str, Any]] = []
+        queue: deque[Future] = deque()
+        failed = threading.Event()
+        # a generator on the CPU takes the cores with its intra-op threads, and a thread beside them stalls every one
+        # of its ops: writing waits while a batch is painted there (it runs beside placement, which keeps to one)
+        painting = threading.Lock() if self.device.type == "cpu" else contextlib.nullcontext()
+
+        def write(item: Mapping[str, Any], painted: Mapping[str, Any]) -> dict[str, Any]:
+            # the samples queued behind a failed write are not written: the run stops there, as it would in order
+            if failed.is_set():
+                raise CancelledError
+            with painting:
+                pass
+            try:
+                return self._write(item, painted, key)
+            except BaseException:
+                failed.set()
+                raise
+
         for at in range(0, self.num_samples, self.batch_size):
             start = time.perf_counter()
             placed = [self.place(i) for i in range(at, min(at + self.batch_size, self.num_samples))]
@@ -551,19 +598,23 @@ class LesionPainterSynthesiser:
             if self.generator is None:
                 paintings = [{"painting": _plane(item["lesion_image"]), "window": None} for item in placed]
             else:
-                paintings = self.paint(placed)
+                with painting:
+                    paintings = self.paint(placed)
             self.timings["paint_s"] += time.perf_counter() - start
-            raws = [self.raw_slice(item["position"]) for item in placed]
-            start = time.perf_counter()
-            for item, painted, raw in zip(placed, paintings, raws, strict=True):
-                written.append(self._write(item, painted, raw, key))
-            self.timings["write_s"] += time.perf_counter() - start
-        logger.info("painted %d slice(s) (%s) into %s", len(written), self.method, self.output_dir)
+            queue.extend(pool.submit(write, item, painted) for item, painted in zip(placed, paintings, strict=True))
+            # at most two batches wait (memory stays bounded when writing is the slower side); a failed write stops
+            # the run after the batch in hand
+            while queue and (len(queue) > 2 * self.batch_size or queue[0].done()):
+                written.append(queue.popleft().result())
+        while queue:
+            written.append(queue.popleft().result())
         return written
 
-    def _write(self, item: Mapping[str, Any], painted: Mapping[str, Any], raw: np.ndarray,
-               key: bytes) -> dict[str, Any]:
-        """Composite one sample in source units and write its mask, slice and sidecar."""
+    def _write(self, item: Mapping[str, Any], painted: Mapping[str, Any], key: bytes) -> dict[str, Any]:
+        """Read one sample's base slice from source, composite it in source units and write its mask, slice and
+        sidecar."""
+        raw = self.raw_slice(item["position"])
+        start = time.perf_counter()
         paths = self.paths(int(item["sample_index"]))
         labels = _plane(item["label"])
         values = self._composite(raw, painted["painting"], item)
@@ -580,4 +631,6 @@ class LesionPainterSynthesiser:
         except BaseException:
             paths["mask"].unlink(missing_ok=True)
             raise
-        return {**paths, "sample_index": int(item["sample_index"]), "method": self.method}
+        self.timings["write_s"] += time.perf_counter() - start
+        return {**paths, "sample_index": int(item["sample_index"]), "position": int(item["position"]),
+                "method": self.method}

@@ -8,9 +8,10 @@ image bilinearly, one sampling grid for both), and puts it where it and its blen
 ``skull_margin_mm`` from its edge. :func:`blend_weights` is the region a painter may change around a placed lesion,
 and :func:`composite` / :func:`paste_lesion` put painted (or copied) intensities there and nowhere else.
 
-Distances, dilations, hole filling and connected components are computed with torch (max filters and a separable,
-window-limited Euclidean distance transform), so nothing here needs scipy, and :func:`blend_weights` runs batched on
-any device without a host synchronisation.
+Distances are computed with torch (a separable, window-limited Euclidean distance transform), erosions and hole
+filling with numpy along row and column runs, and connected components with
+:func:`~monai_mri_gan.transforms.component_ids`, so nothing here needs scipy, and :func:`blend_weights` runs batched
+on any device without a host synchronisation.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import GaussianSmooth, MapTransform, Randomizable, Resample, Transform
+from monai.networks.layers import gaussian_1d
+from monai.transforms import MapTransform, Randomizable, Transform
 from monai.transforms.utils import create_grid
 from monai.utils import TransformBackends, convert_to_dst_type
 
 from ..errors import DataError
 from .intensity import head_foreground
+from .morphology import component_ids
 
 __all__ = [
     "BRAIN_MARGIN_MM",
@@ -55,43 +58,40 @@ BRAIN_MARGIN_MM = 8.0
 HEAD_MARGIN_MM = 24.0
 
 
-def _max_filter3(x: torch.Tensor, cross: bool) -> torch.Tensor:
-    """Maximum over each pixel's 3x3 neighbourhood (``cross``: its 4-neighbourhood) of ``(N, 1, H, W)`` values >= 0."""
-    if not cross:
-        return F.max_pool2d(x, 3, stride=1, padding=1)
-    padded = F.pad(x, (1, 1, 1, 1))
-    shifted = (padded[..., 1:-1, :-2], padded[..., 1:-1, 2:], padded[..., :-2, 1:-1], padded[..., 2:, 1:-1])
-    out = x
-    for s in shifted:
-        out = torch.maximum(out, s)
-    return out
+def _runs_reached(within: np.ndarray, seeds: np.ndarray, axis: int) -> np.ndarray:
+    """The pixels of ``within`` whose run along ``axis`` (consecutive ``within`` pixels of a row or column) holds a
+    seed."""
+    if axis == 0:
+        return _runs_reached(within.T, seeds.T, 1).T
+    starts = within.copy()
+    starts[:, 1:] &= ~within[:, :-1]
+    # a run's id is the number of runs started up to it; every row's first run starts anew
+    runs = np.cumsum(starts, axis=None, dtype=np.int32).reshape(within.shape)
+    reached = np.zeros(int(runs[-1, -1]) + 1, bool)
+    reached[runs[seeds & within]] = True
+    return within & reached[runs]
 
 
-def _spread(seeds: torch.Tensor, within: torch.Tensor, cross: bool) -> torch.Tensor:
-    """Propagate the largest seed value through each connected region of ``within`` until nothing changes."""
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (``(H, W)`` bool) with every background region that does not reach the slice's edge filled.
+
+    The background is 4-connected, the complement of the 8-connected foreground (a diagonal step closes a ring), so
+    reaching a pixel is moving along row and column runs of background: alternate passes over whole runs converge in
+    as many passes as a path from the edge has turns, instead of one pass per pixel of its length. It is
+    :func:`~monai_mri_gan.transforms.fill_holes` (which runs on any device, by such 3x3 passes) for a numpy mask,
+    some ten times faster: placement fills the head of every base slice drawn.
+    """
+    background = ~mask
+    edge = np.zeros_like(background)
+    edge[[0, -1], :] = background[[0, -1], :]
+    edge[:, [0, -1]] = background[:, [0, -1]]
+    outside, axis = _runs_reached(background, edge, 1), 0
     while True:
-        grown = torch.where(within, _max_filter3(seeds, cross), 0.0)
-        if torch.equal(grown, seeds):
-            return seeds
-        seeds = grown
-
-
-def _component_ids(mask: torch.Tensor) -> torch.Tensor:
-    """``(H, W)`` float64 map: each 8-connected component of ``mask`` carries one id (> 0), the background 0."""
-    height, width = mask.shape
-    ids = torch.arange(1, height * width + 1, dtype=torch.float64).view(1, 1, height, width)
-    return _spread(torch.where(mask, ids, 0.0), mask[None, None], cross=False)[0, 0]
-
-
-def _fill_holes(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` (``(H, W)`` bool) with every background region that does not reach the slice's edge filled."""
-    background = ~mask[None, None]
-    edge = torch.zeros_like(background)
-    edge[..., 0, :] = edge[..., -1, :] = True
-    edge[..., :, 0] = edge[..., :, -1] = True
-    # background is 4-connected, the complement of the 8-connected foreground: a diagonal step closes a ring
-    outside = _spread((edge & background).double(), background, cross=True) > 0
-    return ~outside[0, 0]
+        grown = _runs_reached(background, outside, axis)
+        # closed along the last pass's axis already: a pass along the other that adds nothing closes it along both
+        if np.array_equal(grown, outside):
+            return ~outside
+        outside, axis = grown, 1 - axis
 
 
 def _distance_sq(mask: torch.Tensor, spacing: Sequence[float], reach: float, outside: bool) -> torch.Tensor:
@@ -111,6 +111,38 @@ def _distance_sq(mask: torch.Tensor, spacing: Sequence[float], reach: float, out
         offsets = (torch.arange(-radius, radius + 1, device=mask.device, dtype=torch.float32) * step) ** 2
         cost = (padded.unfold(dim, 2 * radius + 1, 1) + offsets).amin(dim=-1)
     return cost
+
+
+def _offsets_sq(spacing: Sequence[float], reach: float) -> torch.Tensor:
+    """Squared lengths of the pixel offsets within ``reach`` along each axis, in float32 as :func:`_distance_sq` adds
+    them: ``(2 R + 1, 2 C + 1)``, centred on the zero offset."""
+    axes = []
+    for step in (float(s) for s in spacing):
+        radius = int(reach // step)
+        axes.append((torch.arange(-radius, radius + 1, dtype=torch.float32) * step) ** 2)
+    return axes[0][:, None] + axes[1][None, :]
+
+
+def _erode(mask: np.ndarray, neighbourhood: np.ndarray) -> np.ndarray:
+    """The pixels of ``(H, W)`` ``mask`` whose whole ``neighbourhood`` lies in it; beyond the edge is outside ``mask``.
+
+    ``neighbourhood`` is an odd-sided bool table centred on the pixel whose rows are runs centred on their middle (a
+    disc or an ellipse). Whether a run of a mask's row holds an outside pixel is a difference of cumulative counts,
+    so a row of the neighbourhood costs one pass over the mask, however long its run.
+    """
+    height, width = mask.shape
+    rows, cols = neighbourhood.shape[0] // 2, neighbourhood.shape[1] // 2
+    counts = np.cumsum(np.pad(~mask, ((rows, rows), (cols + 1, cols)), constant_values=True), axis=1, dtype=np.int32)
+    out = mask.copy()
+    outside: dict[int, np.ndarray] = {}
+    for row, half in enumerate((neighbourhood.sum(1) - 1) // 2):
+        if half < 0:
+            continue
+        if half not in outside:
+            # outside pixels of columns c - half .. c + half: the count up to the last less the count before the first
+            outside[half] = counts[:, cols + 1 + half :][:, :width] > counts[:, cols - half :][:, :width]
+        out &= ~outside[half][row : row + height]
+    return out
 
 
 def _plane(x: Any) -> np.ndarray:
@@ -149,7 +181,7 @@ def _components(labels: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[t
     if rows.size:
         # labelling costs a pass per pixel of a component's extent: label the lesions' bounding box only
         box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-        ids[box] = _component_ids(torch.as_tensor(mask[box])).numpy()
+        ids[box] = component_ids(torch.as_tensor(mask[box])).numpy()
     values, counts = np.unique(ids[ids > 0], return_counts=True)
     found = []
     for value in values[counts >= min_voxels]:
@@ -304,28 +336,63 @@ def _range(value: float | Sequence[float]) -> tuple[float, float]:
 
 
 class _Room:
-    """Where a support (a lesion and its blend band) may go: every corner that puts it on allowed pixels only.
+    """Where a lesion may go: every corner that puts the lesion and its blend band on allowed pixels only.
+
+    The blend band of a lesion pixel (positive :func:`blend_weights`) is the disc of the pixels nearer than
+    ``reach + 1``; the band lies on allowed pixels exactly where the lesion lies on the allowed pixels eroded by that
+    disc (the pixels beyond the slice's edge count as not allowed), so the erosion is done once per slice and each
+    lesion is tested by its own pixels.
 
     Args:
-        allowed: ``(H, W)`` bool mask of the pixels the support may cover.
+        allowed: ``(H, W)`` bool mask of the pixels a lesion and its blend band may cover.
+        reach: ``dilate_px + band_px`` of the blend weights.
     """
 
-    def __init__(self, allowed: torch.Tensor) -> None:
+    def __init__(self, allowed: np.ndarray, reach: int) -> None:
         self.shape = tuple(allowed.shape)
-        rows, cols = torch.nonzero(allowed.any(1)), torch.nonzero(allowed.any(0))
-        self.extent = (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) if len(rows) else (0, 0)
-        # correlating the forbidden pixels with the support counts, for every corner at once, what it would cover
-        self.forbidden = torch.fft.rfft2((~allowed).double())
+        self.reach = int(reach)
+        self.centres = _erode(allowed, (_offsets_sq((1.0, 1.0), self.reach) < (self.reach + 1) ** 2).numpy())
+        rows, cols = np.nonzero(self.centres.any(1))[0], np.nonzero(self.centres.any(0))[0]
+        self.extent = (int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1) if rows.size else (0, 0)
+        # correlating the forbidden pixels with the lesion counts, for every corner at once, what it would cover
+        self.forbidden = torch.fft.rfft2(torch.as_tensor(~self.centres, dtype=torch.float64))
 
-    def corners(self, support: np.ndarray) -> torch.Tensor:
-        """``(K, 2)`` top-left corners where every pixel of ``support`` lands on an allowed pixel."""
-        h, w = support.shape
-        if h > self.extent[0] or w > self.extent[1]:
+    def corners(self, labels: np.ndarray) -> torch.Tensor:
+        """``(K, 2)`` top-left corners of ``labels`` (a lesion's box widened by ``reach``) where it and its band fit."""
+        h, w = labels.shape
+        if h - 2 * self.reach > self.extent[0] or w - 2 * self.reach > self.extent[1]:
             return torch.zeros((0, 2), dtype=torch.long)
         height, width = self.shape
-        kernel = torch.fft.rfft2(torch.as_tensor(support, dtype=torch.float64), s=self.shape)
+        kernel = torch.fft.rfft2(torch.as_tensor(labels != 0, dtype=torch.float64), s=self.shape)
         hits = torch.fft.irfft2(self.forbidden * kernel.conj(), s=self.shape)[: height - h + 1, : width - w + 1]
         return torch.nonzero(hits < 0.5)
+
+
+def _smooth(noise: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """MONAI's ``GaussianSmooth`` of ``(C, H, W)`` float32 values (erf kernels, zero padding) as two matrix products.
+
+    A depthwise convolution with a kernel of some 40 taps is several times slower on a CPU than multiplying by the
+    banded (Toeplitz) matrix of the same kernel, and the matrices smooth every channel at once.
+    """
+    matrices = []
+    for s, n in zip(sigma, noise.shape[1:], strict=True):
+        kernel = gaussian_1d(torch.tensor(float(s), dtype=torch.float32), truncated=4.0, approx="erf")
+        tail = (len(kernel) - 1) // 2
+        offsets = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+        matrices.append(torch.where(offsets.abs() <= tail, kernel[(offsets + tail).clamp(0, 2 * tail)], 0.0))
+    return matrices[0] @ noise @ matrices[1].T
+
+
+def _resample(source: torch.Tensor, points: torch.Tensor, mode: str, padding_mode: str) -> np.ndarray:
+    """``(C, H, W)`` float64 ``source`` sampled at ``(2, h, w)`` pixel offsets from its centre, as float32 numpy.
+
+    The computation of MONAI's ``Resample`` (``norm_coords``, ``align_corners=False``, float64) without its per-call
+    conversions: ``grid_sample`` of the offsets scaled to [-1, 1], columns first.
+    """
+    height, width = source.shape[1:]
+    grid = torch.stack((points[1] * (2.0 / max(2, width)), points[0] * (2.0 / max(2, height))), dim=-1)
+    out = F.grid_sample(source[None], grid[None], mode=mode, padding_mode=padding_mode, align_corners=False)
+    return out[0].float().numpy()
 
 
 class PlaceLesion(Randomizable, Transform):
@@ -336,7 +403,9 @@ class PlaceLesion(Randomizable, Transform):
     one sampling grid, nearest neighbour for the labels (no interpolated label values) and bilinear for the image.
     It is then put at a position drawn uniformly among those where every pixel of positive :func:`blend_weights`
     (the lesion dilated by ``dilate_px`` plus its ``band_px`` band) lies inside ``foreground`` eroded by
-    ``skull_margin_mm``. When no position fits, another lesion and transform are drawn, up to ``max_tries`` times.
+    ``skull_margin_mm``. When no position fits, another lesion and transform are drawn, up to ``max_tries`` times;
+    when no pixel of that region is a blend band's width (``dilate_px + band_px + 1``) away from its edge, no lesion
+    can fit and it fails at once, drawing nothing.
 
     An angle ``a`` moves a point at offset ``(r, c)`` from the centre to ``(r cos a - c sin a, r sin a + c cos a)``: 90
     degrees is ``numpy.rot90`` with ``k=1`` (at equal spacing). The elastic field is uniform noise in [-1, 1] smoothed
@@ -387,6 +456,7 @@ class PlaceLesion(Randomizable, Transform):
         self.max_tries = int(max_tries)
         self._draw: dict[str, Any] | None = None
         self._corner: tuple[int, int] | None = None
+        self._sources: dict[int, torch.Tensor] = {}
 
     def randomize(self, data: Any = None) -> None:
         """Draw a lesion and its transform (not its position, which depends on the base slice)."""
@@ -402,11 +472,10 @@ class PlaceLesion(Randomizable, Transform):
         self._draw = {"lesion_index": index, "angle_deg": math.degrees(angle), "flip": flip, "scale": scale,
                       "elastic": elastic}
 
-    def _allowed(self, foreground: np.ndarray, spacing: tuple[float, float]) -> torch.Tensor:
+    def _allowed(self, foreground: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
         """Pixels of ``foreground`` farther than ``skull_margin_mm`` from its edge (the slice's edge included)."""
-        mask = torch.as_tensor(foreground, dtype=torch.bool)[None, None]
         reach = self.skull_margin_mm
-        return (_distance_sq(~mask, spacing, reach, outside=True) > reach**2)[0, 0] & mask[0, 0]
+        return _erode(foreground, (_offsets_sq(spacing, reach) <= reach**2).numpy())
 
     def _transform(self, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """The drawn lesion on a canvas of the base grid: labels, image, and the canvas pixel of its box centre.
@@ -415,11 +484,8 @@ class PlaceLesion(Randomizable, Transform):
         """
         draw = self._draw
         lesion = self.bank[draw["lesion_index"]]
-        # odd sides put the box centre on a pixel centre, so that quarter turns map pixels onto pixels exactly
-        height, width = (n + 1 - n % 2 for n in lesion.labels.shape)
-        source = np.zeros((2, height, width), np.float32)
-        source[0, : lesion.labels.shape[0], : lesion.labels.shape[1]] = lesion.labels
-        source[1, : lesion.labels.shape[0], : lesion.labels.shape[1]] = lesion.image
+        source = self._source(draw["lesion_index"])
+        height, width = source.shape[1:]
         angle = math.radians(draw["angle_deg"])
         forward = draw["scale"] * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         if draw["flip"]:
@@ -432,27 +498,41 @@ class PlaceLesion(Randomizable, Transform):
         reach = self.dilate_px + self.band_px
         half = [int(math.ceil(radius_mm / s)) + reach + 1 for s in base_mm]
         shape = (2 * half[0] + 1, 2 * half[1] + 1)
-        grid = create_grid(shape, backend=TransformBackends.TORCH, dtype=torch.float64)
-        points = grid[:2]
+        points = create_grid(shape, backend=TransformBackends.TORCH, dtype=torch.float64)[:2]
         if draw["elastic"]:
             points = points + self._displacement(shape, base_mm, draw["elastic"])
-        grid[:2] = torch.einsum("ij,jhw->ihw", torch.as_tensor(to_source), points)
-        labels = Resample(mode="nearest", padding_mode="zeros")(torch.as_tensor(source[:1]), grid)[0].numpy()
+        points = torch.einsum("ij,jhw->ihw", torch.as_tensor(to_source), points)
+        labels = _resample(source[:1], points, "nearest", "zeros")[0]
         # border padding: where the source box ends inside the band, its edge tissue is a better guess than 0
-        image = Resample(mode="bilinear", padding_mode="border")(torch.as_tensor(source[1:]), grid)[0].numpy()
+        image = _resample(source[1:], points, "bilinear", "border")[0]
         labels = np.rint(labels).astype(np.int16)
         rows, cols = np.nonzero(labels)
         if not rows.size:
             return labels[:0, :0], image[:0, :0], (0, 0)
         r0, c0 = rows.min() - reach, cols.min() - reach
         box = (slice(r0, rows.max() + reach + 1), slice(c0, cols.max() + reach + 1))
-        return labels[box], image[box].astype(np.float32), (half[0] - int(r0), half[1] - int(c0))
+        return labels[box], image[box], (half[0] - int(r0), half[1] - int(c0))
+
+    def _source(self, index: int) -> torch.Tensor:
+        """Bank lesion ``index`` as ``(2, h, w)`` float64 labels and image, kept for the next draws of that lesion.
+
+        The sides are padded to odd lengths: that puts the box centre on a pixel centre, so that quarter turns map
+        pixels onto pixels exactly.
+        """
+        if index not in self._sources:
+            lesion = self.bank[index]
+            height, width = (n + 1 - n % 2 for n in lesion.labels.shape)
+            source = np.zeros((2, height, width), np.float32)
+            source[0, : lesion.labels.shape[0], : lesion.labels.shape[1]] = lesion.labels
+            source[1, : lesion.labels.shape[0], : lesion.labels.shape[1]] = lesion.image
+            self._sources[index] = torch.as_tensor(source, dtype=torch.float64)
+        return self._sources[index]
 
     @staticmethod
     def _displacement(shape: tuple[int, int], spacing: np.ndarray, elastic: Mapping[str, Any]) -> torch.Tensor:
         """The elastic displacement field ``(2, *shape)`` in base pixels; its largest length is the magnitude in mm."""
         noise = np.random.RandomState(elastic["seed"]).uniform(-1.0, 1.0, (2, *shape)).astype(np.float32)
-        field = GaussianSmooth(sigma=tuple(elastic["sigma_mm"] / spacing))(torch.as_tensor(noise)).double()
+        field = _smooth(torch.as_tensor(noise), elastic["sigma_mm"] / spacing).double()
         longest = torch.sqrt((field**2).sum(0)).max().clamp_min(1e-12)
         field = field * (elastic["magnitude_mm"] / longest)
         return field / torch.as_tensor(spacing, dtype=torch.float64).view(2, 1, 1)
@@ -470,40 +550,54 @@ class PlaceLesion(Randomizable, Transform):
             the placed lesion on the base grid, with everything drawn in its ``params``.
 
         Raises:
-            ValueError: when no drawn lesion fits after ``max_tries`` tries (or the last placement does not fit this
-                foreground, with ``randomize=False``), naming the sizes involved.
+            ValueError: when no lesion can fit, or no drawn lesion fits after ``max_tries`` tries (or the last placement
+                does not fit this foreground, with ``randomize=False``), naming the sizes involved.
         """
         foreground = _plane(foreground).astype(bool)
         spacing = (float(spacing[0]), float(spacing[1]))
         if min(spacing) <= 0:
             raise ValueError(f"spacing must be positive, got {spacing}.")
+        threads = torch.get_num_threads()
+        # placement is many small torch ops (FFTs, a smoothing product, grid sampling): spreading each over the
+        # intra-op threads costs more than it saves, and on a busy machine every op then waits for a descheduled one
+        torch.set_num_threads(1)
+        try:
+            return self._place(foreground, spacing, randomize)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _place(self, foreground: np.ndarray, spacing: tuple[float, float], randomize: bool) -> PlacedLesion:
+        """:meth:`__call__` for a bool ``foreground`` and a positive ``spacing``."""
         shape = f"{foreground.shape[0]}x{foreground.shape[1]}"
         allowed = self._allowed(foreground, spacing)
-        room = _Room(allowed)
         where = f"inside the foreground of this {shape} slice eroded by {self.skull_margin_mm:g} mm"
         if not bool(allowed.any()):
             raise ValueError(f"no room for a lesion: no pixel is left {where} ({int(foreground.sum())} foreground px).")
+        room = _Room(allowed, self.dilate_px + self.band_px)
         if not randomize:
             if self._draw is None or self._corner is None:
                 raise ValueError("randomize=False repeats the last placement, but nothing has been placed yet.")
             labels, image, centre = self._transform(spacing)
-            corners = room.corners(blend_weights(labels, self.dilate_px, self.band_px) > 0)
+            corners = room.corners(labels)
             if not bool((corners == torch.as_tensor(self._corner)).all(dim=1).any()):
                 raise ValueError(f"the last placement does not fit {where}.")
             return self._placed(labels, image, centre, foreground.shape, spacing, tries=1)
+        if not bool(room.centres.any()):
+            # no lesion pixel can go anywhere: drawing max_tries lesions would only confirm it
+            raise ValueError(f"no room for a lesion and its blend band ({self.dilate_px + self.band_px + 1} px): "
+                             f"{int(allowed.sum())} px are left {where}, none as far from its edge.")
         smallest = None
         for tries in range(1, self.max_tries + 1):
             self.randomize()
             labels, image, centre = self._transform(spacing)
             if not labels.size:
                 continue
-            support = blend_weights(labels, self.dilate_px, self.band_px) > 0
-            corners = room.corners(support)
+            corners = room.corners(labels)
             if len(corners):
                 self._corner = tuple(int(v) for v in corners[int(self.R.randint(len(corners)))])
                 return self._placed(labels, image, centre, foreground.shape, spacing, tries)
-            if smallest is None or support.size < smallest[0] * smallest[1]:
-                smallest = support.shape
+            if smallest is None or labels.size < smallest[0] * smallest[1]:
+                smallest = labels.shape
         size = "" if smallest is None else f" (the smallest, with its blend band, {smallest[0]}x{smallest[1]} px)"
         raise ValueError(f"no room for any of {self.max_tries} lesions tried{size} {where}; "
                          f"{int(allowed.sum())} px are left there.")
@@ -617,7 +711,7 @@ class PlaceLesiond(Randomizable, MapTransform):
         if self.foreground_key is not None:
             foreground = _plane(d[self.foreground_key]) != 0
         else:
-            foreground = _fill_holes(torch.as_tensor(head_foreground(image))).numpy()
+            foreground = _fill_holes(head_foreground(image))
         existing = _plane(d[self.label_key]) if d.get(self.label_key) is not None else None
         if existing is not None:
             foreground = foreground & (existing == 0)
