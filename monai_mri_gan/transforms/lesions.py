@@ -8,9 +8,9 @@ image bilinearly, one sampling grid for both), and puts it where it and its blen
 ``skull_margin_mm`` from its edge. :func:`blend_weights` is the region a painter may change around a placed lesion,
 and :func:`composite` / :func:`paste_lesion` put painted (or copied) intensities there and nowhere else.
 
-Distances are computed with torch (a separable, window-limited Euclidean distance transform), erosions and hole
-filling with numpy along row and column runs, and connected components with
-:func:`~monai_mri_gan.transforms.component_ids`, so nothing here needs scipy, and :func:`blend_weights` runs batched
+Distances are computed with torch (a separable, window-limited Euclidean distance transform), erosions with numpy
+along row and column runs, hole filling and connected components with :func:`~monai_mri_gan.transforms.fill_holes`
+and :func:`~monai_mri_gan.transforms.component_ids`, so nothing here needs scipy, and :func:`blend_weights` runs batched
 on any device without a host synchronisation.
 """
 
@@ -34,7 +34,7 @@ from monai.utils import TransformBackends, convert_to_dst_type
 
 from ..errors import DataError
 from .intensity import head_foreground
-from .morphology import component_ids
+from .morphology import component_ids, fill_holes
 
 __all__ = [
     "BRAIN_MARGIN_MM",
@@ -56,42 +56,6 @@ __all__ = [
 BRAIN_MARGIN_MM = 8.0
 #: Default least distance (mm) from the edge of a head mask: scalp, skull and muscle of a T1 that keeps its skull.
 HEAD_MARGIN_MM = 24.0
-
-
-def _runs_reached(within: np.ndarray, seeds: np.ndarray, axis: int) -> np.ndarray:
-    """The pixels of ``within`` whose run along ``axis`` (consecutive ``within`` pixels of a row or column) holds a
-    seed."""
-    if axis == 0:
-        return _runs_reached(within.T, seeds.T, 1).T
-    starts = within.copy()
-    starts[:, 1:] &= ~within[:, :-1]
-    # a run's id is the number of runs started up to it; every row's first run starts anew
-    runs = np.cumsum(starts, axis=None, dtype=np.int32).reshape(within.shape)
-    reached = np.zeros(int(runs[-1, -1]) + 1, bool)
-    reached[runs[seeds & within]] = True
-    return within & reached[runs]
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``mask`` (``(H, W)`` bool) with every background region that does not reach the slice's edge filled.
-
-    The background is 4-connected, the complement of the 8-connected foreground (a diagonal step closes a ring), so
-    reaching a pixel is moving along row and column runs of background: alternate passes over whole runs converge in
-    as many passes as a path from the edge has turns, instead of one pass per pixel of its length. It is
-    :func:`~monai_mri_gan.transforms.fill_holes` (which runs on any device, by such 3x3 passes) for a numpy mask,
-    some ten times faster: placement fills the head of every base slice drawn.
-    """
-    background = ~mask
-    edge = np.zeros_like(background)
-    edge[[0, -1], :] = background[[0, -1], :]
-    edge[:, [0, -1]] = background[:, [0, -1]]
-    outside, axis = _runs_reached(background, edge, 1), 0
-    while True:
-        grown = _runs_reached(background, outside, axis)
-        # closed along the last pass's axis already: a pass along the other that adds nothing closes it along both
-        if np.array_equal(grown, outside):
-            return ~outside
-        outside, axis = grown, 1 - axis
 
 
 def _distance_sq(mask: torch.Tensor, spacing: Sequence[float], reach: float, outside: bool) -> torch.Tensor:
@@ -711,7 +675,7 @@ class PlaceLesiond(Randomizable, MapTransform):
         if self.foreground_key is not None:
             foreground = _plane(d[self.foreground_key]) != 0
         else:
-            foreground = _fill_holes(head_foreground(image))
+            foreground = fill_holes(head_foreground(image))
         existing = _plane(d[self.label_key]) if d.get(self.label_key) is not None else None
         if existing is not None:
             foreground = foreground & (existing == 0)

@@ -1,16 +1,17 @@
 """Binary morphology on 2D masks with torch: connected components, hole filling and the head region of a slice.
 
 MONAI's own ``FillHoles`` and ``KeepLargestConnectedComponent`` need scipy (or cuCIM), which is not a dependency
-of this package; these run on torch alone, on any device, by propagating values with 3x3 max filters until nothing
-changes.
+of this package: components are labelled with torch (3x3 max filters until nothing changes), and holes are filled
+along row and column runs with numpy.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import NdarrayOrTensor
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_numpy
 
 __all__ = ["component_ids", "fill_holes", "head_region"]
 
@@ -50,22 +51,47 @@ def component_ids(mask: torch.Tensor) -> torch.Tensor:
     return _spread(torch.where(mask, ids, 0.0), mask[None, None], cross=False)[0, 0]
 
 
-def fill_holes(mask: torch.Tensor) -> torch.Tensor:
+def _runs_reached(within: np.ndarray, seeds: np.ndarray, axis: int) -> np.ndarray:
+    """The pixels of ``within`` whose run along ``axis`` (consecutive ``within`` pixels of a row or column) holds a
+    seed."""
+    if axis == 0:
+        return _runs_reached(within.T, seeds.T, 1).T
+    starts = within.copy()
+    starts[:, 1:] &= ~within[:, :-1]
+    # a run's id is the number of runs started up to it; every row's first run starts anew
+    runs = np.cumsum(starts, axis=None, dtype=np.int32).reshape(within.shape)
+    reached = np.zeros(int(runs[-1, -1]) + 1, bool)
+    reached[runs[seeds & within]] = True
+    return within & reached[runs]
+
+
+def fill_holes(mask: NdarrayOrTensor) -> NdarrayOrTensor:
     """Fill every background region of a 2D mask that does not reach the edge of the plane.
 
+    The background is 4-connected, the complement of the 8-connected foreground (a diagonal step closes a ring), so
+    reaching a pixel is moving along row and column runs of background: alternate passes over whole runs converge in
+    as many passes as a path from the edge has turns, not one pass per pixel of its length (some ten times faster
+    than 3x3 propagation; placement fills the head of every base slice it draws).
+
     Args:
-        mask: ``(H, W)`` bool tensor.
+        mask: ``(H, W)`` bool mask (numpy or torch).
 
     Returns:
-        ``(H, W)`` bool tensor: ``mask`` with its enclosed holes set.
+        ``mask`` with its enclosed holes set, of ``mask``'s array type.
     """
-    background = ~mask[None, None]
-    edge = torch.zeros_like(background)
-    edge[..., 0, :] = edge[..., -1, :] = True
-    edge[..., :, 0] = edge[..., :, -1] = True
-    # background is 4-connected, the complement of the 8-connected foreground: a diagonal step closes a ring
-    outside = _spread((edge & background).double(), background, cross=True) > 0
-    return ~outside[0, 0]
+    background = ~np.asarray(convert_to_numpy(mask), dtype=bool)
+    edge = np.zeros_like(background)
+    edge[[0, -1], :] = background[[0, -1], :]
+    edge[:, [0, -1]] = background[:, [0, -1]]
+    outside, axis = _runs_reached(background, edge, 1), 0
+    while True:
+        grown = _runs_reached(background, outside, axis)
+        # closed along the last pass's axis already: a pass along the other that adds nothing closes it along both
+        if np.array_equal(grown, outside):
+            break
+        outside, axis = grown, 1 - axis
+    out, *_ = convert_to_dst_type(~outside, mask, dtype=bool)
+    return out
 
 
 def head_region(plane: NdarrayOrTensor, threshold: float, min_fraction: float = 0.005) -> NdarrayOrTensor:
@@ -91,5 +117,5 @@ def head_region(plane: NdarrayOrTensor, threshold: float, min_fraction: float = 
     ids = component_ids(candidates)
     _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
     keep = candidates & (counts[inverse] >= min_fraction * values.numel())
-    out, *_ = convert_to_dst_type(fill_holes(keep), plane, dtype=bool)
+    out, *_ = convert_to_dst_type(fill_holes(keep.numpy()), plane, dtype=bool)
     return out
