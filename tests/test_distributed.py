@@ -105,7 +105,8 @@ def test_torchrun_two_ranks_train_identical_networks_and_resume(tmp_path):
     files = _files(out)
     events = [f for f in files if f.startswith("tensorboard/")]
     assert len(events) == 1  # one SummaryWriter, rank 0's
-    written = ["checkpoint_epoch0001.pt", "cohort.json", "run_fingerprint.json", "samples/epoch_0001.png"]
+    written = ["checkpoint_epoch0001.pt", "cohort.json", "models/model.pt", "models/model_record.json",
+               "run_fingerprint.json", "samples/epoch_0001.png"]
     assert sorted(set(files) - set(events)) == written
     assert _files(workdir) == []  # no stray ./runs from a default TensorBoard writer on rank 1
 
