@@ -1,6 +1,8 @@
 """SliceCohort end to end: every slice pixel sits where SimpleITK says its source voxel is; error policy."""
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -214,3 +216,20 @@ def test_a_folder_of_malformed_inputs_is_skipped_case_by_case(tmp_path, rng):
     assert "is empty" in reasons["empty"] and "is not a NIfTI file" in reasons["text"]
     assert "header claims 128000000000 bytes" in reasons["lies"]  # 4000^3 int16 voxels
     assert {Path(s["image"].meta["filename_or_obj"]).parent.name for s in cohort} == {"good1", "good2"}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, rng, monkeypatch):
+    item = {"image": _nifti(tmp_path / "v.nii.gz", rng.integers(0, 500, size=(8, 8, 3)).astype(np.int16), np.eye(4))}
+    for stream, shown in ((_Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        SliceCohort([item], image_size=8, min_foreground=0.0)
+        assert ("reading and slicing volumes" in stream.getvalue()) == shown
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    SliceCohort([item], image_size=8, min_foreground=0.0, progress=False)
+    assert terminal.getvalue() == ""

@@ -16,6 +16,7 @@ import torch
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, LoadImaged, MapTransform, Orientationd, Spacingd
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..errors import DataError, ErrorPolicy
 from ..transforms import ExtractSlicesd, FitSliced, RobustNormalised, cut_slices
@@ -193,6 +194,7 @@ class SliceCohort(torch.utils.data.Dataset):
         on_error: "raise" stops at the first bad volume; "skip" logs it, leaves it out and summarises at the end.
         slicing: the slicing settings, one mapping of :func:`slice_transforms` arguments (a bundle's ``slicing``
             entry, or a run record's), so training, evaluation and synthesis cut slices from one source.
+        progress: show a progress bar while the volumes are read and sliced (on a terminal only).
         slice_kwargs: further :func:`slice_transforms` arguments (``image_size``, ...), which override ``slicing``.
 
     Raises:
@@ -201,7 +203,8 @@ class SliceCohort(torch.utils.data.Dataset):
     """
 
     def __init__(self, datalist: Sequence[dict], cache_dir: str | os.PathLike | None = None, num_workers: int = 0,
-                 on_error: str = "raise", slicing: Mapping[str, Any] | None = None, **slice_kwargs: Any) -> None:
+                 on_error: str = "raise", slicing: Mapping[str, Any] | None = None, progress: bool = True,
+                 **slice_kwargs: Any) -> None:
         self.policy = ErrorPolicy(on_error)
         slice_kwargs = {**dict(slicing or {}), **slice_kwargs}
         unknown = sorted(set(slice_kwargs) - set(inspect.signature(slice_transforms).parameters))
@@ -224,7 +227,9 @@ class SliceCohort(torch.utils.data.Dataset):
             dataset = Dataset(datalist, transform)
         loader = DataLoader(_VolumeSlices(dataset), batch_size=1, num_workers=num_workers, collate_fn=_unpack)
         self.slices: list[dict] = []
-        for result in loader:
+        # on a terminal only (tqdm turns itself off elsewhere): a large cohort takes minutes to read and slice
+        for result in tqdm(loader, total=len(datalist), desc="reading and slicing volumes", unit="volume",
+                           disable=None if progress else True, leave=False):
             if isinstance(result, DataError):
                 self.policy.handle(result)
                 continue
