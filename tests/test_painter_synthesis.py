@@ -28,7 +28,6 @@ from monai_mri_gan.synthesis import (
     provenance_key,
     scrub_check,
     sha256_file,
-    sha256_text,
 )
 from monai_mri_gan.transforms import blend_weights, cut_slice, invert_normalisation
 
@@ -82,6 +81,23 @@ def export(tmp_path_factory):
     assert sum(i["class"] for i in items) == 2 and {Path(i["image"]).suffix for i in items} == {"", ".gz"}
     return {"root": root, "folder": folder, "datalist": datalist, "float_datalist": float_datalist,
             "items": load_datalist(datalist) + load_datalist(float_datalist)}
+
+
+def export_identifiers(export) -> set[str]:
+    """What must never reach a shareable output of the export: the name and MRN, the subjects, the DICOM
+    identifiers, every path of the export as text (absolute, relative, names, series files) and their SHA-256, SHA-1
+    and MD5 digests (full and 12-digit)."""
+    paths = {str(export["folder"]), export["folder"].name, str(export["datalist"])}
+    for item in export["items"]:
+        for field in ("image", "label"):
+            path = Path(item[field])
+            paths.update({str(path), path.name, str(path.relative_to(export["folder"]))})
+            paths.update(str(f) for f in path.glob("*"))
+    digests = {hashlib.new(name, p.encode("utf-8")).hexdigest() for p in paths for name in ("sha256", "sha1", "md5")}
+    dicom = dicom_identifiers([item["image"] for item in export["items"] if Path(item["image"]).is_dir()])
+    assert {"DEMOPID00000", "DEMO^Subject0000"} <= dicom
+    subjects = {item["subject"] for item in export["items"]}
+    return {NAME, "DOE_JOHN", "MRN1234567", *paths, *digests, *(d[:12] for d in digests), *subjects, *dicom}
 
 
 @pytest.fixture(scope="module")
@@ -287,18 +303,7 @@ def test_privacy_of_a_hospital_export(tmp_path, export, painter, caplog):
         assert key_file.read_bytes() == key_before  # created once, never replaced
     key_hex = key_file.read_text().strip()
 
-    paths = set()
-    for item in export["items"]:
-        for field in ("image", "label"):
-            path = Path(item[field])
-            paths.update({str(path), path.name, str(path.relative_to(export["folder"]))})
-            paths.update(str(f) for f in path.glob("*"))
-    paths.update({str(export["folder"]), export["folder"].name, str(export["datalist"])})
-    hashes = {h for p in paths for h in (sha256_text(p), sha256_text(p)[:12])}
-    subjects = {item["subject"] for item in export["items"]}
-    dicom = dicom_identifiers([item["image"] for item in export["items"] if Path(item["image"]).is_dir()])
-    assert {"DEMOPID00000", "DEMO^Subject0000"} <= dicom
-    forbidden = {NAME, "DOE_JOHN", "MRN1234567", key_hex, *paths, *hashes, *subjects, *dicom}
+    forbidden = export_identifiers(export) | {key_hex}
     files = sorted(out.iterdir())
     assert len(files) == 24 and not [f for f in files if "DOE" in f.name or "MRN" in f.name]
     assert scrub_check(out, forbidden) == []
