@@ -306,15 +306,15 @@ def run_study(
     for split_seed in split_seeds:
         split = split_subjects(study.subject_class, settings.fractions, seed=int(split_seed))
         splits.append({"split": int(split_seed), **asdict(split)})
-        val = study.slices.subset(study.part(split.validation))
-        test = study.slices.subset(study.part(split.test))
+        held_out = {"validation": study.part(split.validation), "test": study.part(split.test)}
+        val, test = (study.slices.subset(index) for index in held_out.values())
         for k in tumour_subjects:
             condition = _Condition(study, int(split_seed), split, k)
             for seed in settings.seeds:
                 model_seed = int(seed) + 1000 * int(split_seed)
                 if "classification" in tasks:
                     floor = no_lesion_floor(study.floor_features[condition.index], condition.real.classes,
-                                            study.floor_features[study.part(split.validation) + study.part(split.test)])
+                                            study.floor_features[held_out["validation"] + held_out["test"]])
                     n_val = len(val)
                     scores = classification_metrics(val.classes, floor[:n_val], test.classes, floor[n_val:])
                     record({"task": "classification", **_split_metrics(scores, CLASSIFICATION_METRICS),
