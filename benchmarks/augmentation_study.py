@@ -26,6 +26,7 @@ import torch
 
 from monai_mri_gan.study import (
     DEFAULT_REGIMES,
+    DEFAULT_SEGMENTATION_REGIMES,
     STUDY_REGIMES,
     STUDY_SLICING,
     StudySettings,
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tumour_subjects", type=_level, nargs="+", default=[2, None],
                         help="scarcity levels k: numbers of tumour training subjects, or 'all'")
     parser.add_argument("--regimes", nargs="+", default=list(DEFAULT_REGIMES), choices=[r.name for r in STUDY_REGIMES])
+    parser.add_argument("--segmentation_regimes", nargs="+", default=None, choices=[r.name for r in STUDY_REGIMES],
+                        help="the regimes that also train a segmenter (default: those of "
+                        f"{' '.join(DEFAULT_SEGMENTATION_REGIMES)} that run)")
     parser.add_argument("--tasks", nargs="+", default=["classification", "segmentation"],
                         choices=["classification", "segmentation"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="model seeds, nested in every split")
@@ -76,7 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work_dir", help="generator runs and augmented sets (default: a temporary folder)")
     parser.add_argument("--painter_config", default=str(PAINTER_CONFIG))
     parser.add_argument("--whole_slice_config", default=str(WHOLE_SLICE_CONFIG))
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 keeps torch's default")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads in all (shared among the workers); 0 keeps torch's default")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes that run conditions side by side (the record does not depend on it)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 splits of a 24-subject demo cohort, k = 2, four regimes, short budgets")
     args = parser.parse_args(argv)
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     for noisy in ("ignite", "monai.bundle", "monai_mri_gan.handlers", "monai_mri_gan.synthesis",
                   "monai_mri_gan.engines"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)  # once per DICOM series read
     log = logging.getLogger("augmentation_study")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,13 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("split %s, k %s, %s %s: %s (%.0f s)", run["split"], run["tumour_subjects"], run["regime"],
                  run["task"], shown, run["seconds"])
 
+    segmenting = args.segmentation_regimes or [r for r in DEFAULT_SEGMENTATION_REGIMES if r in args.regimes]
     labels = None if args.tumour_labels == ["any"] else [int(v) for v in args.tumour_labels]
     slicing = {**STUDY_SLICING, "tumour_labels": labels}
     with tempfile.TemporaryDirectory(prefix="augmentation-study-") as tmp:
         record = run_study(datalist, Path(args.work_dir or tmp), args.painter_config, split_seeds=args.split_seeds,
                            tumour_subjects=args.tumour_subjects, regimes=args.regimes, settings=settings,
                            tasks=args.tasks, whole_slice_config=args.whole_slice_config, slicing=slicing,
-                           on_run=progress)
+                           on_run=progress, workers=args.workers, segmentation_regimes=segmenting)
     demo = args.datalist is None and args.dataset_dir is None
     record["data"] = (f"demo cohort, {args.demo_subjects} subjects, seed {args.demo_seed}" if demo else "user data")
     record["quick"] = bool(args.quick)

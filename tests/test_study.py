@@ -11,16 +11,20 @@ import torch
 from monai_mri_gan.metrics import train_slice_classifier
 from monai_mri_gan.study import (
     ClassicAugmentation,
+    StudySettings,
     SubjectLeakageError,
     SubjectSplit,
     check_no_leakage,
     classification_metrics,
     no_lesion_floor,
+    run_study,
     scarce_training_subjects,
     split_subjects,
+    study_datalist,
     subject_classes,
     write_training_datalist,
 )
+from monai_mri_gan.study.data import tumour_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -224,3 +228,30 @@ def test_classifier_stops_early_and_keeps_its_curve():
     # a score that never improves: the first scoring is the best, three more without improvement stop the run
     assert [h["step"] for h in history] == [10, 20, 30, 40]
     assert all(h["score"] == 0.5 and math.isfinite(h["loss"]) for h in history)
+
+
+def test_tumour_mask_counts_the_study_labels_only():
+    label = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 2.0]])
+    assert tumour_mask(label, [1, 3, 4]).tolist() == [[0, 1, 0, 1, 1, 0]]
+    assert tumour_mask(label, None).tolist() == [[0, 1, 1, 1, 1, 1]]
+    assert tumour_mask(label, None).dtype == torch.uint8
+
+
+def test_workers_change_the_wall_time_not_the_record(tmp_path):
+    """Two spawned workers give every run exactly as one process does (both conditions of one split)."""
+    datalist = study_datalist(demo_subjects=24)
+    settings = StudySettings(image_size=32, classifier_steps=6, segmenter_steps=6, eval_every=3, patience=1)
+    options = {"painter_config": ROOT / "bundles" / "brain_tumour_painter" / "configs" / "train.json",
+               "split_seeds": [1], "tumour_subjects": [2, None], "regimes": ["oversampling"], "settings": settings}
+    one = run_study(datalist, tmp_path / "one", workers=1, **options)
+    two = run_study(datalist, tmp_path / "two", workers=2, **options)
+
+    def comparable(record):
+        return [{k: v for k, v in run.items() if k != "seconds"} for run in record["runs"]]
+
+    assert len(one["runs"]) == 2 * 3  # per level: the no-lesion floor, a classifier and a segmenter
+    assert comparable(one) == comparable(two)
+    assert one["splits"] == two["splits"] and one["cohort"]["slices"] == two["cohort"]["slices"]
+    assert [c["tumour_subjects"] for c in two["conditions"]] == [2, "all"]
+    with pytest.raises(ValueError, match="workers"):
+        run_study(datalist, tmp_path / "none", workers=0, **options)

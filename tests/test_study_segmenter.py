@@ -34,8 +34,9 @@ def test_segmentation_metrics_by_hand():
     predicted[2].view(-1)[:12] = True  # healthy, 12 pixels: a false positive at min_pixels 10
     predicted[3].view(-1)[:5] = True  # healthy, 5 pixels: not one
     result = segmentation_metrics(predicted, masks, min_pixels=10)
-    assert result == {"dice": pytest.approx((0.5 + 0.0) / 2), "false_positive_rate": pytest.approx(1 / 3),
-                      "n_tumour_slices": 2, "n_healthy_slices": 3}
+    # pooled: 2 overlapping pixels; 4 + 0 + 12 + 5 + 0 predicted and 4 + 4 true
+    assert result == {"dice": pytest.approx((0.5 + 0.0) / 2), "pooled_dice": pytest.approx(2 * 2 / (21 + 8)),
+                      "false_positive_rate": pytest.approx(1 / 3), "n_tumour_slices": 2, "n_healthy_slices": 3}
     assert segmentation_metrics(predicted, masks, min_pixels=5)["false_positive_rate"] == pytest.approx(2 / 3)
     # the same per-slice Dice as MONAI's on the binary masks
     monai_dice = compute_dice(predicted[:2, None].float(), (masks[:2] > 0).float(), include_background=True)
@@ -45,6 +46,8 @@ def test_segmentation_metrics_by_hand():
     assert tumour_only["n_healthy_slices"] == 0 and math.isnan(tumour_only["false_positive_rate"])
     healthy_only = segmentation_metrics(predicted[2:], masks[2:, 0])
     assert healthy_only["n_tumour_slices"] == 0 and math.isnan(healthy_only["dice"])
+    assert healthy_only["pooled_dice"] == 0.0
+    assert segmentation_metrics(predicted[4:], masks[4:])["pooled_dice"] == 1.0  # nothing true, nothing predicted
     with pytest.raises(ValueError, match="one shape"):
         segmentation_metrics(predicted[:, :3], masks)
 
@@ -68,11 +71,12 @@ def test_segmenter_learns_squares_reproducibly():
     assert torch.equal(torch.get_rng_state(), rng_before)  # private random state only
     assert not network.training
     assert [entry["step"] for entry in curve] == list(range(20, 20 * len(curve) + 1, 20))
-    assert all(set(entry) == {"step", "val_dice", "train_loss"} for entry in curve)
+    assert all(set(entry) == {"step", "val_pooled_dice", "train_loss"} for entry in curve)
     assert curve[-1]["train_loss"] < curve[0]["train_loss"]
-    best = max(entry["val_dice"] for entry in curve)
+    best = max(entry["val_pooled_dice"] for entry in curve)
     assert best > 0.9
-    assert segmentation_metrics(segment(network, val_images, batch_size=5), val_masks)["dice"] == pytest.approx(best)
+    scores = segmentation_metrics(segment(network, val_images, batch_size=5), val_masks)
+    assert scores["pooled_dice"] == pytest.approx(best)
     predicted = segment(network, images)
     assert predicted.dtype == torch.bool and predicted.shape == (48, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # segment() predicts in float32 even inside autocast
@@ -102,7 +106,7 @@ def test_segmenter_stops_early_when_nothing_is_learnt():
                                batch_size=4, channels=CHANNELS, sample_weights=weights, augment=flip, amp=False)
     assert curve[-1]["step"] < 400 and len(curve) < 40
     assert len(seen) == curve[-1]["step"] and set(seen) == {4}
-    dices = [entry["val_dice"] for entry in curve]
+    dices = [entry["val_pooled_dice"] for entry in curve]
     assert all(d <= max(dices[:-3]) for d in dices[-3:])  # the last three evaluations did not improve
 
 

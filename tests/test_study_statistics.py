@@ -10,6 +10,7 @@ from PIL import Image
 
 from monai_mri_gan.study.statistics import (
     best_standard_fix,
+    budget_rows,
     markdown_tables,
     paired_differences,
     summarise,
@@ -240,3 +241,23 @@ def test_write_results_writes_json_markdown_and_figure_whole(tmp_path):
     paths = write_results(saved, paths["json"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["study.json", "study.md", "study.png"]
     assert json.loads(paths["json"].read_text()) == saved
+
+
+def test_budget_rows_find_each_runs_best_step_and_the_runs_still_improving():
+    def run(task, regime, scores, key):
+        return {"task": task, "tumour_subjects": 2, "regime": regime,
+                "curve": [{"step": 50 * (i + 1), key: v} for i, v in enumerate(scores)]}
+
+    runs = [run("classification", "painted", [0.5, 0.9, 0.9, 0.7], "score"),   # best at 100 (earliest of ties)
+            run("classification", "painted", [0.5, 0.6, 0.7, 0.8], "score"),   # best at 200 = budget: improving
+            run("classification", "painted", [0.5, 0.6, 0.8], "score"),        # best last, but stopped before budget
+            run("segmentation", "painted", [0.1, 0.3, 0.2, 0.4], "val_pooled_dice"),
+            {"task": "classification", "tumour_subjects": 2, "regime": "no_lesion_floor", "metrics": {}}]
+    rows = budget_rows(runs, {"classification": 200, "segmentation": 400})
+    assert rows == [
+        {"task": "classification", "tumour_subjects": 2, "regime": "painted", "runs": 3, "median_best_step": 150.0,
+         "max_best_step": 200, "improving_at_budget": 1},
+        {"task": "segmentation", "tumour_subjects": 2, "regime": "painted", "runs": 1, "median_best_step": 200.0,
+         "max_best_step": 200, "improving_at_budget": 0}]
+    text = markdown_tables([], [], budget=rows)
+    assert "## Was the budget enough?" in text and "| classification | 2 | `painted` | 3 | 150 | 200 | 1 |" in text

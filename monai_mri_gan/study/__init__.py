@@ -18,15 +18,31 @@ from .cohort import slice_subjects, study_datalist
 from .data import StudySlices, cohort_slices, datalist_slices, slice_chain
 from .driver import NO_LESION_FLOOR, STUDY_SLICING, StudySettings, run_study
 from .gan import bundle_config, train_bundle, write_training_datalist
-from .regimes import DEFAULT_REGIMES, STUDY_REGIMES, ClassicAugmentation, Regime, regimes_named
+from .regimes import (
+    DEFAULT_REGIMES,
+    DEFAULT_SEGMENTATION_REGIMES,
+    STUDY_REGIMES,
+    ClassicAugmentation,
+    Regime,
+    regimes_named,
+)
 from .scoring import CLASSIFICATION_METRICS, auroc, classification_metrics, no_lesion_floor, tumour_probabilities
 from .segmenter import segment, segmentation_metrics, train_segmenter
 from .splits import SubjectSplit, check_no_leakage, scarce_training_subjects, split_subjects, subject_classes
-from .statistics import markdown_tables, paired_differences, plot_study, summarise, t_interval, write_results
+from .statistics import (
+    budget_rows,
+    markdown_tables,
+    paired_differences,
+    plot_study,
+    summarise,
+    t_interval,
+    write_results,
+)
 
 __all__ = [
     "CLASSIFICATION_METRICS",
     "DEFAULT_REGIMES",
+    "DEFAULT_SEGMENTATION_REGIMES",
     "NO_LESION_FLOOR",
     "STUDY_REGIMES",
     "STUDY_SLICING",
@@ -42,6 +58,7 @@ __all__ = [
     "classification_metrics",
     "cohort_slices",
     "datalist_slices",
+    "budget_rows",
     "markdown_tables",
     "no_lesion_floor",
     "paired_differences",

@@ -30,7 +30,7 @@ from monai.transforms import (
 
 from ..data import SliceCohort
 
-__all__ = ["StudySlices", "cohort_slices", "datalist_slices", "slice_chain"]
+__all__ = ["StudySlices", "cohort_slices", "datalist_slices", "slice_chain", "tumour_mask"]
 
 
 @dataclass
@@ -39,7 +39,8 @@ class StudySlices:
 
     Args:
         images: ``(N, 1, S, S)`` float slices in [-1, 1].
-        masks: ``(N, 1, S, S)`` uint8 tumour masks (0 or 1), or None when the items carry none.
+        masks: ``(N, 1, S, S)`` uint8 tumour masks (0 or 1: the tumour labels the study counts), or None when the
+            items carry none.
         classes: ``(N,)`` long, 1 for a tumour slice.
         subjects: subject id of each slice (keyed ids for datalist items).
         synthetic: ``(N,)`` bool.
@@ -99,20 +100,29 @@ class _SquarePadd:
         return d
 
 
-def _stack(items: Sequence[Mapping[str, Any]], with_label: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def tumour_mask(label: torch.Tensor, labels: Sequence[int] | None) -> torch.Tensor:
+    """The uint8 0/1 mask of the tumour ``labels`` in a label map (of any positive label when None)."""
+    label = torch.as_tensor(label).as_subclass(torch.Tensor)
+    inside = label > 0 if labels is None else torch.isin(label.round().long(), torch.as_tensor(list(labels)))
+    return inside.to(torch.uint8)
+
+
+def _stack(items: Sequence[Mapping[str, Any]], with_label: bool,
+           labels: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     images = torch.stack([torch.as_tensor(i["image"]).as_subclass(torch.Tensor).float() for i in items])
     if not with_label:
         return images, None
-    masks = torch.stack([(torch.as_tensor(i["label"]).as_subclass(torch.Tensor) > 0).to(torch.uint8) for i in items])
-    return images, masks
+    return images, torch.stack([tumour_mask(i["label"], labels) for i in items])
 
 
-def datalist_slices(path: str | os.PathLike, image_size: int, key: str = "training") -> StudySlices:
+def datalist_slices(path: str | os.PathLike, image_size: int, labels: Sequence[int] | None = None,
+                    key: str = "training") -> StudySlices:
     """The items of an augmented datalist, read as a user's pipeline reads them, then :func:`slice_chain`.
 
     Args:
         path: a datalist JSON (e.g. ``datalist_augmented.json``); relative paths are relative to its folder.
         image_size: side of the square slices.
+        labels: the mask labels that are tumour (any positive label when None).
         key: the datalist section.
     """
     path = Path(path)
@@ -122,14 +132,14 @@ def datalist_slices(path: str | os.PathLike, image_size: int, key: str = "traini
     load = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), SqueezeDimd(keys, dim=-1),
                     slice_chain(image_size, with_label)])
     loaded = [load(i) for i in items]
-    images, masks = _stack(loaded, with_label)
+    images, masks = _stack(loaded, with_label, labels)
     return StudySlices(images, masks, torch.tensor([int(i["class"]) for i in items]),
                        [str(i.get("subject", "")) for i in items],
                        torch.tensor([bool(i.get("synthetic", False)) for i in items]))
 
 
-def cohort_slices(cohort: SliceCohort, positions: Sequence[int], subjects: Sequence[str],
-                  image_size: int) -> StudySlices:
+def cohort_slices(cohort: SliceCohort, positions: Sequence[int], subjects: Sequence[str], image_size: int,
+                  labels: Sequence[int] | None = None) -> StudySlices:
     """Real slices of a native-resolution cohort, from their sources, through :func:`slice_chain`.
 
     Args:
@@ -137,6 +147,7 @@ def cohort_slices(cohort: SliceCohort, positions: Sequence[int], subjects: Seque
         positions: the slices to take.
         subjects: subject id of every slice of the cohort.
         image_size: side of the square slices.
+        labels: the mask labels that are tumour (any positive label when None).
 
     Returns:
         the slices, in the order of ``positions`` (each volume is read once).
@@ -154,6 +165,6 @@ def cohort_slices(cohort: SliceCohort, positions: Sequence[int], subjects: Seque
             label = sources[p]["label"]
             label = torch.zeros_like(image) if label is None else label[..., 0]
             loaded[p] = chain({"image": image, "label": label})
-    images, masks = _stack([loaded[p] for p in positions], with_label=True)
+    images, masks = _stack([loaded[p] for p in positions], True, labels)
     return StudySlices(images, masks, torch.tensor([int(cohort[p]["class"]) for p in positions]),
                        [subjects[p] for p in positions], torch.zeros(len(positions), dtype=torch.bool))

@@ -52,7 +52,8 @@ def train_bundle(config: str | os.PathLike, datalist: str | os.PathLike, output_
     """Train a bundle's GAN on a datalist, with evaluation off and one checkpoint and sample grid at the end.
 
     The bundle's ``train.json`` runs through ``monai.bundle.ConfigWorkflow`` as ``python -m monai.bundle run`` would
-    run it, with ``datalist`` and ``output_dir`` set. Like any run of the bundle, it seeds the global random state.
+    run it, with ``datalist`` and ``output_dir`` set. Like any run of the bundle, it seeds the global random state;
+    unlike one, it leaves the caller's logging as it is (the bundle's ``logging.conf`` would replace its handlers).
 
     Args:
         config: the bundle's ``configs/train.json`` (see :func:`bundle_config`).
@@ -71,6 +72,7 @@ def train_bundle(config: str | os.PathLike, datalist: str | os.PathLike, output_
                 "seed": int(seed), "resume": False, "checkpoint_every": int(max_epochs),
                 "sample_every": int(max_epochs), "log_every": 10**9}
     workflow = ConfigWorkflow(config_file=str(bundle_config(config)), workflow_type="train",
+                              logging_file=False,
                               **{**settings, **overrides})
     workflow.initialize()
     workflow.run()

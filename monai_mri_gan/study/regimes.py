@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandRotated, RandScaleIntensityd
 
-__all__ = ["DEFAULT_REGIMES", "STUDY_REGIMES", "SYNTHETIC_SOURCES", "ClassicAugmentation", "Regime", "regimes_named"]
+__all__ = ["DEFAULT_REGIMES", "DEFAULT_SEGMENTATION_REGIMES", "STUDY_REGIMES", "SYNTHETIC_SOURCES",
+           "ClassicAugmentation", "Regime", "regimes_named"]
 
 SYNTHETIC_SOURCES = ("none", "copy_paste", "painted", "whole_slice")
 """Where a regime's synthetic tumour slices come from: none, real lesions pasted (TumorCP-style), lesions painted by
@@ -65,9 +66,15 @@ STUDY_REGIMES: tuple[Regime, ...] = (
 )
 """Every regime, from the baseline through the standard fixes to synthetic data."""
 
-DEFAULT_REGIMES: tuple[str, ...] = tuple(r.name for r in STUDY_REGIMES if r.name != "whole_slice_gan")
-"""The regimes of the default run: the whole-slice GAN is left to the full grid, as training one GAN per split and
-scarcity level costs more than every other regime together (and it lost to the standard fixes before)."""
+DEFAULT_REGIMES: tuple[str, ...] = ("class_weighted", "oversampling", "classic_augmentation", "copy_paste", "painted")
+"""The regimes of the default run: the three standard fixes, copy-paste and painted lesions, the ones the question
+compares. To fit five splits into the hour, ``real`` (no remedy), ``painted_classic`` and the whole-slice GAN (one
+GAN per split and level costs more than every other regime together, and it lost to the standard fixes before) are
+left to the full grid: more splits before more regimes."""
+
+DEFAULT_SEGMENTATION_REGIMES: tuple[str, ...] = ("classic_augmentation", "copy_paste", "painted")
+"""The regimes that also train a segmenter in the default run: the strongest standard fix for segmentation (plain
+oversampling lost to it by a wide margin in the pilot), copy-paste and painted lesions."""
 
 
 def regimes_named(names: Sequence[str]) -> tuple[Regime, ...]:

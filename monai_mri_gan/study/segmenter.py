@@ -38,6 +38,7 @@ def train_segmenter(
     learning_rate: float = 1e-3,
     eval_every: int = 50,
     patience: int = 4,
+    min_steps: int = 0,
     seed: int = 0,
     channels: Sequence[int] = (16, 32, 64, 128),
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -48,9 +49,14 @@ def train_segmenter(
     """Train a 2D MONAI ``UNet`` to segment tumour (every tumour label as one class), stopping early on validation.
 
     The network has two output channels (background, tumour), strides ``(2, 2, 2)`` and one residual unit per
-    level; the loss is MONAI's ``DiceCELoss`` (softmax, one-hot targets), the optimiser Adam. Every ``eval_every``
-    steps (and at the last step) the mean Dice over the validation slices that hold tumour is computed with
-    :func:`segment`; the weights with the best Dice (the earliest on ties) are kept, and training stops once
+    level; the loss is MONAI's ``DiceCELoss`` (softmax, one-hot targets), its Dice term on the tumour channel alone
+    and pooled over the batch, the optimiser Adam. Tumour is a fraction of a percent of the pixels: with the
+    background's Dice in the term, or each slice's own Dice (0 on a healthy slice unless every tumour probability is
+    0), the loss falls fastest by predicting no tumour anywhere, and on the demo cohort every network did so within
+    400 steps, training slices included. Every ``eval_every``
+    steps (and at the last step) the validation slices are segmented with :func:`segment` and scored by their
+    pooled Dice (over all of them, healthy ones included: see :func:`segmentation_metrics`); the weights with the
+    best pooled Dice (the earliest on ties) are kept, and training stops once
     ``patience`` evaluations in a row have not improved on it. Initialisation and batch order come from a private
     random state seeded with ``seed``; the global random state is left exactly as it was.
 
@@ -64,6 +70,8 @@ def train_segmenter(
         learning_rate: Adam learning rate.
         eval_every: steps between two validations.
         patience: validations in a row without improvement after which training stops.
+        min_steps: steps before which no validation counts towards ``patience``: a segmenter of a small, rare class
+            first learns to predict background everywhere (validation Dice near 0) before it finds the tumours.
         seed: seed of initialisation and batch order.
         channels: the ``UNet``'s channels, four levels.
         augment: called on every training batch ``(images, masks)`` (``(B, 1, H, W)`` float images and float 0/1
@@ -75,9 +83,12 @@ def train_segmenter(
         amp: run the forward pass under bf16 autocast (the loss is computed in float32).
         device: device to train on.
 
+    Selecting on the per-slice Dice of tumour slices alone would reward a network that paints tumour everywhere
+    (it loses nothing on those slices); the pooled Dice counts every pixel predicted on a healthy slice against it.
+
     Returns:
-        the network with the best validation Dice, in eval mode, on ``device``; and the learning curve, one
-        ``{"step", "val_dice", "train_loss"}`` dict per validation (``train_loss``: mean loss of the steps since
+        the network with the best validation pooled Dice, in eval mode, on ``device``; and the learning curve, one
+        ``{"step", "val_pooled_dice", "train_loss"}`` dict per validation (``train_loss``: mean loss of the steps since
         the previous validation).
 
     Raises:
@@ -99,7 +110,7 @@ def train_segmenter(
         if sample_weights.shape[0] != images.shape[0] or (sample_weights < 0).any() or sample_weights.sum() <= 0:
             raise ValueError(f"sample_weights must hold {images.shape[0]} non-negative weights, not all zero.")
     device = torch.device(device)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         network = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=tuple(channels), strides=(2, 2, 2),
@@ -130,14 +141,14 @@ def train_segmenter(
             optimiser.step()
             loss_sum, loss_steps = loss_sum + loss.detach(), loss_steps + 1
             if step % int(eval_every) == 0 or step == int(max_steps):
-                val_dice = segmentation_metrics(segment(network, val_images), val_masks)["dice"]
+                val_dice = segmentation_metrics(segment(network, val_images), val_masks)["pooled_dice"]
                 network.train()
-                curve.append({"step": step, "val_dice": val_dice, "train_loss": float(loss_sum) / loss_steps})
+                curve.append({"step": step, "val_pooled_dice": val_dice, "train_loss": float(loss_sum) / loss_steps})
                 loss_sum, loss_steps = torch.zeros((), device=device), 0
                 if val_dice > best_dice:
                     best_dice, stale = val_dice, 0
                     best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-                else:
+                elif step >= int(min_steps):
                     stale += 1
                     if stale >= int(patience):
                         break
@@ -168,10 +179,12 @@ def segment(network: nn.Module, images: torch.Tensor, batch_size: int = 64) -> t
 
 
 def segmentation_metrics(predicted: torch.Tensor, masks: torch.Tensor, min_pixels: int = 10) -> dict[str, float]:
-    """Dice on the slices that hold tumour, and the false-positive rate on the healthy ones.
+    """Dice on the slices that hold tumour, the false-positive rate on the healthy ones, and the pooled Dice of all.
 
     ``dice`` is the mean over tumour slices (any positive label) of each slice's Dice,
     ``2 |P & T| / (|P| + |T|)`` of the predicted against the true tumour mask (0 for an empty prediction);
+    ``pooled_dice`` is ``2 sum|P & T| / (sum|P| + sum|T|)`` over every slice, healthy ones included, so that tumour
+    predicted on a healthy slice counts against it (1 when nothing is true and nothing predicted);
     ``false_positive_rate`` is the share of healthy slices (no tumour pixel) on which at least ``min_pixels``
     pixels are predicted tumour. A metric whose slices are absent is NaN.
 
@@ -181,7 +194,7 @@ def segmentation_metrics(predicted: torch.Tensor, masks: torch.Tensor, min_pixel
         min_pixels: predicted tumour pixels that make a healthy slice a false positive.
 
     Returns:
-        ``{"dice", "false_positive_rate", "n_tumour_slices", "n_healthy_slices"}``.
+        ``{"dice", "pooled_dice", "false_positive_rate", "n_tumour_slices", "n_healthy_slices"}``.
 
     Raises:
         ValueError: when the shapes differ.
@@ -199,8 +212,10 @@ def segmentation_metrics(predicted: torch.Tensor, masks: torch.Tensor, min_pixel
     sizes = (prediction.sum(1) + truth.sum(1)).double()
     dice = 2 * overlap[tumour] / sizes[tumour]
     flagged = prediction[~tumour].sum(1) >= int(min_pixels)
+    total = float(sizes.sum())
     return {
         "dice": float(dice.mean()) if dice.numel() else math.nan,
+        "pooled_dice": 2 * float(overlap.sum()) / total if total else 1.0,
         "false_positive_rate": float(flagged.double().mean()) if flagged.numel() else math.nan,
         "n_tumour_slices": int(tumour.sum()),
         "n_healthy_slices": int((~tumour).sum()),

@@ -30,6 +30,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "STANDARD_FIXES",
     "best_standard_fix",
+    "budget_rows",
     "markdown_tables",
     "paired_differences",
     "plot_study",
@@ -255,6 +256,39 @@ def paired_differences(runs: Iterable[Mapping[str, Any]],
     return rows
 
 
+def budget_rows(runs: Iterable[Mapping[str, Any]], budgets: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Whether the step budget was enough: per (task, ``k``, regime), where the runs' best validation scores fell.
+
+    A run's curve is its validations ``{"step", <score>, ...}``, where the score is the one key besides ``step``
+    whose name starts with ``score`` or ``val_`` (the classifier's validation AUROC, the segmenter's pooled Dice);
+    its best step is the earliest of its best score. A run is *still improving at the budget* when it reached
+    ``budgets[task]`` steps and its best score was its last: more steps might have helped it.
+
+    Args:
+        runs: run records with ``curve``; runs without one (the no-lesion floor) are left out.
+        budgets: the step budget of each task.
+
+    Returns:
+        rows ``{task, tumour_subjects, regime, runs, median_best_step, max_best_step, improving_at_budget}``, the
+        last a count of runs.
+    """
+    groups: dict[tuple, list[tuple[int, bool]]] = {}
+    for run in runs:
+        curve = run.get("curve") or []
+        if not curve:
+            continue
+        key = next(k for k in curve[0] if k.startswith(("score", "val_")))
+        best = max(range(len(curve)), key=lambda i: (curve[i][key], -i))
+        improving = int(curve[-1]["step"]) >= int(budgets[run["task"]]) and best == len(curve) - 1
+        groups.setdefault((run["task"], run["tumour_subjects"], run["regime"]), []).append(
+            (int(curve[best]["step"]), improving))
+    return [{"task": task, "tumour_subjects": k, "regime": regime, "runs": len(found),
+             "median_best_step": float(np.median([step for step, _ in found])),
+             "max_best_step": max(step for step, _ in found),
+             "improving_at_budget": sum(improving for _, improving in found)}
+            for (task, k, regime), found in groups.items()]
+
+
 def _metric_name(metric: str) -> str:
     return _METRIC_NAMES.get(metric, metric.replace("_", " "))
 
@@ -313,7 +347,8 @@ def _format_metadata(value: Any) -> str:
 
 
 def markdown_tables(summary: Sequence[Mapping[str, Any]], paired: Sequence[Mapping[str, Any]],
-                    metadata: Mapping[str, Any] | None = None) -> str:
+                    metadata: Mapping[str, Any] | None = None,
+                    budget: Sequence[Mapping[str, Any]] | None = None) -> str:
     """The study's results as Markdown: per task, the summary and the paired differences, one table per ``k``.
 
     Summary cells are ``mean [ci_low, ci_high]`` over splits, paired cells the mean difference regime -
@@ -323,6 +358,7 @@ def markdown_tables(summary: Sequence[Mapping[str, Any]], paired: Sequence[Mappi
         summary: the rows of :func:`summarise`.
         paired: the rows of :func:`paired_differences`.
         metadata: listed at the top, one ``- **key**: value`` line each (non-text values as compact JSON).
+        budget: the rows of :func:`budget_rows`, tabled at the end.
 
     Returns:
         the document, ending in a newline.
@@ -353,6 +389,14 @@ def markdown_tables(summary: Sequence[Mapping[str, Any]], paired: Sequence[Mappi
                 metrics = dict.fromkeys(r["metric"] for r in chosen)
                 lines += ["", f"Differences regime - comparator, split by split; intervals are {level} % Student t "
                           f"intervals over splits; {_direction(metrics)}.", ""]
+    if budget:
+        lines += ["## Was the budget enough?", "", "Step of each run's best validation score, and the runs still "
+                  "improving at the step budget (best score at the last validation, at the budget).", "",
+                  "| task | tumour subjects | regime | runs | median best step | latest best step | improving at "
+                  "budget |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['task']} | {r['tumour_subjects']} | `{r['regime']}` | {r['runs']} | "
+                  f"{r['median_best_step']:g} | {r['max_best_step']} | {r['improving_at_budget']} |" for r in budget]
+        lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -458,7 +502,8 @@ def write_results(record: Mapping[str, Any], output_json: str | os.PathLike) -> 
     Args:
         record: ``runs``, ``splits`` (the split ids) and whatever else the study recorded (settings, timings);
             ``summary`` and ``paired`` are computed by :func:`summarise` and :func:`paired_differences` (default
-            comparators) when absent.
+            comparators) when absent, and ``budget`` by :func:`budget_rows` when the settings name the step
+            budgets.
         output_json: the JSON file; NaN is written as null.
 
     Returns:
@@ -469,10 +514,14 @@ def write_results(record: Mapping[str, Any], output_json: str | os.PathLike) -> 
         record["summary"] = summarise(record["runs"])
     if "paired" not in record:
         record["paired"] = paired_differences(record["runs"])
+    settings = record.get("settings") or {}
+    if "budget" not in record and {"classifier_steps", "segmenter_steps"} <= set(settings):
+        record["budget"] = budget_rows(record["runs"], {"classification": settings["classifier_steps"],
+                                                        "segmentation": settings["segmenter_steps"]})
     output = Path(output_json)
-    metadata = {key: value for key, value in record.items() if key not in ("runs", "summary", "paired")}
+    metadata = {key: value for key, value in record.items() if key not in ("runs", "summary", "paired", "budget")}
     metadata["runs"] = len(record["runs"])
-    text = markdown_tables(record["summary"], record["paired"], metadata)
+    text = markdown_tables(record["summary"], record["paired"], metadata, record.get("budget"))
     paths = {"markdown": replace_atomically(output.with_suffix(".md"), lambda f: f.write(text.encode())),
              "figure": plot_study(record["summary"], record["paired"], output.with_suffix(".png"))}
     content = json.dumps(_json_safe(record), indent=1, allow_nan=False)
