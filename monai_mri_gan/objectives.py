@@ -38,6 +38,7 @@ class Terms:
     RECONSTRUCTION = "l1"
     FEATURE_MATCHING = "feature_matching"
     D_REAL = "d_real"
+    D_REAL_SIGN = "d_real_sign"
     D_FAKE = "d_fake"
     CLASS_REAL = "class_real"
     CLASS_FAKE = "class_fake"
@@ -107,8 +108,9 @@ class WholeSliceObjective(GanObjective):
     (:func:`~monai_mri_gan.losses.mode_seeking_loss`) over pairs of one class in the step's own batch, which
     counters mode collapse. Fakes of a conditional model take the classes of the real batch.
 
-    Logged: ``r1`` (the penalty, 0 when not due), ``d_real`` and ``d_fake`` (mean sigmoid of the logits), and with
-    the terms on, ``class_real``, ``class_fake`` and ``mode_seeking`` unweighted.
+    Logged: ``r1`` (the penalty, 0 when not due), ``d_real`` and ``d_fake`` (mean sigmoid of the logits),
+    ``d_real_sign`` (the mean sign of the real logits, ADA's overfitting measure), and with the terms on,
+    ``class_real``, ``class_fake`` and ``mode_seeking`` unweighted.
 
     Args:
         latent_dim: length of the generator's latent vector.
@@ -196,6 +198,7 @@ class WholeSliceObjective(GanObjective):
             losses[Terms.R1] = penalty
         logs[Terms.R1] = penalty.detach()
         logs[Terms.D_REAL] = torch.sigmoid(real_logits.detach()).mean()
+        logs[Terms.D_REAL_SIGN] = torch.sign(real_logits.detach()).mean()
         logs[Terms.D_FAKE] = torch.sigmoid(fake_logits.detach()).mean()
         return StepTerms(losses, logs)
 
@@ -257,7 +260,7 @@ class LesionPainterObjective(GanObjective):
     stacked), so images and label maps stay aligned; only spatial policies are allowed.
 
     Logged, unweighted: ``l1``, ``feature_matching``, ``mode_seeking`` (when on), ``r1``, and ``d_real`` and
-    ``d_fake`` (mean sigmoid of the patch logits).
+    ``d_fake`` (mean sigmoid of the patch logits), and ``d_real_sign`` (the mean sign of the real patch logits).
 
     Args:
         label_values: the tumour labels the masks hold, in the condition's channel order.
@@ -350,6 +353,7 @@ class LesionPainterObjective(GanObjective):
                                        reals, cond, iteration)
             losses[Terms.R1] = penalty
         logs = {Terms.R1: penalty.detach(), Terms.D_REAL: torch.sigmoid(real_logits.detach()).mean(),
+                Terms.D_REAL_SIGN: torch.sign(real_logits.detach()).mean(),
                 Terms.D_FAKE: torch.sigmoid(fake_logits.detach()).mean()}
         return StepTerms(losses, logs)
 

@@ -86,3 +86,22 @@ def test_training_bundle_default_run_id(tmp_path, tiny_cohort):
                      "--max_epochs", "1", "--image_size", "32", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_checkpoint(out)["trainer"]["iteration"] > 0
+
+
+def test_training_bundle_adaptive_augmentation(tmp_path, tiny_cohort):
+    """``ada_target`` turns on ADA's control of DiffAugment's p; p is kept in the checkpoint and restored."""
+    out = tmp_path / "run"
+    args = ["training", "--config_file", str(TRAIN), "--datalist", str(tiny_cohort), "--output_dir", str(out),
+            "--max_epochs", "2", "--batch_size", "8", "--image_size", "32", "--ada_target", "0.6",
+            "--ada_speed_images", "64", "--diffaugment", "['translation','cutout']", "--evaluate_every", "0"]
+    result = _bundle(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = load_checkpoint(out)
+    assert ckpt["trainer"]["iteration"] >= 4  # at least one adjustment, by the slices seen over 64 either way
+    p = ckpt["augmentation"]["p"]
+    assert 0.0 <= p <= 1.0 and p * 64 == pytest.approx(round(p * 64)) and p != 1.0  # moved from 0 by k / 64
+    assert ckpt["config"]["settings"]["ada_target"] == 0.6
+    off = _bundle(*[a if a != str(out) else str(tmp_path / "off") for a in args[:-8]], "--evaluate_every", "0",
+                  cwd=tmp_path)
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "off")["augmentation"]["p"] == 1.0  # off: DiffAugment's p as configured

@@ -242,3 +242,24 @@ def test_build_datalist(tmp_path):
         build_datalist()
     image = write_nifti(tmp_path / "x" / "vol.nii.gz")
     assert build_datalist(dataset_dir=tmp_path) == [{"image": image, "subject": subject_id("x/vol")}]
+
+
+def test_mask_beside_a_dicom_series_folder(tmp_path, caplog):
+    """A hospital export: the series in a folder named by its description, its mask beside it by the same name."""
+    patient = tmp_path / "Doe^Jane 1234"
+    write_dicom_series(patient / "T1 POST GD", study_uid=generate_uid())
+    mask = write_nifti(patient / "T1 POST GD_seg.nii.gz", shape=(6, 5, 4))
+    lonely = write_nifti(patient / "FLAIR_seg.nii.gz")
+    with caplog.at_level(logging.WARNING):
+        items = discover_volumes(tmp_path)
+    assert [(i["image"], i.get("label")) for i in items] == [(str(patient / "T1 POST GD"), mask)]
+    assert f"ignored mask {lonely}: no image named like it" in caplog.text
+    assert f"ignored mask {mask}" not in caplog.text
+    loaded = LoadImaged(["image", "label"], reader=SimpleITKReader())(items[0])
+    assert loaded["image"].shape == loaded["label"].shape
+
+    write_nifti(patient / "T1 POST GD_mask.nii.gz", shape=(6, 5, 4))  # a second mask for the series
+    with pytest.raises(DataError, match="has several masks"):
+        discover_volumes(tmp_path)
+    with pytest.raises(DataError, match="(?s)every image volume found was skipped; 1 input.*has several masks"):
+        discover_volumes(tmp_path, on_error="skip")

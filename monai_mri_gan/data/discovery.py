@@ -121,7 +121,8 @@ def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | No
     NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) files are volumes; one whose stem ends with a mask suffix
     (``_seg``, ``_mask``, ``_label``, ``_labels``, ``-seg``, ``_tumor``, ``_tumour``) is the ``label`` of the
     image of the same stem in the same folder, or else of the images whose stem starts with it
-    (BraTS style: ``X_seg.nii.gz`` labels ``X_t1.nii.gz``, ``X_t1ce.nii.gz``, ...). Masks are never items.
+    (BraTS style: ``X_seg.nii.gz`` labels ``X_t1.nii.gz``, ``X_t1ce.nii.gz``, ...), or else of the DICOM series
+    whose folder beside it has the same name (``T1 POST/`` + ``T1 POST_seg.nii.gz``). Masks are never items.
     Other files are skipped with a warning.
 
     Args:
@@ -145,10 +146,16 @@ def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | No
         raise DataError(root, "is not a folder.")
     policy = ErrorPolicy(on_error)
     items: list[dict] = []
+    unpaired: list[tuple[str, str]] = []
     for folder, dirnames, filenames in os.walk(root_path):
         dirnames[:] = _visible(dirnames)
         files = [os.path.join(folder, n) for n in _visible(filenames)]
-        items += _folder_items(folder, files, root_path, policy, modality)
+        found, masks = _folder_items(folder, files, root_path, policy, modality)
+        items += found
+        unpaired += masks
+    items = _pair_series_masks(items, unpaired, policy, warn=modality is None)
+    if not items and policy.errors:
+        raise DataError(root, "every image volume found was skipped; " + policy.summary())
     if not items:
         raise DataError(root, "no image volumes found (looked for DICOM series, NIfTI, NRRD and MetaImage files).")
     if policy.errors:
@@ -158,8 +165,8 @@ def discover_volumes(root: PathLike, on_error: str = "raise", modality: str | No
 
 def _folder_items(
     folder: str, files: list[str], root: Path, policy: ErrorPolicy, modality: str | None
-) -> list[dict]:
-    """Items of the files directly inside one folder."""
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Items of the files directly inside one folder, and its masks that name no volume file there."""
     volumes, dicom = [], []
     for f in files:
         if split_volume_name(f) is not None:
@@ -168,7 +175,8 @@ def _folder_items(
             dicom.append(f)
         elif not f.lower().endswith(_COMPANION_SUFFIXES):
             logger.warning("skipped %s: not a DICOM file nor a NIfTI, NRRD or MetaImage volume.", f)
-    return _dicom_items(folder, dicom, root, policy) + _volume_items(volumes, root, policy, modality)
+    found, unpaired = _volume_items(volumes, root, policy, modality)
+    return _dicom_items(folder, dicom, root, policy) + found, unpaired
 
 
 def _dicom_items(folder: str, dicom: list[str], root: Path, policy: ErrorPolicy) -> list[dict]:
@@ -197,8 +205,10 @@ def _dicom_items(folder: str, dicom: list[str], root: Path, policy: ErrorPolicy)
     return items
 
 
-def _volume_items(volumes: list[str], root: Path, policy: ErrorPolicy, modality: str | None) -> list[dict]:
-    """Items of a folder's volume files, images paired with their masks."""
+def _volume_items(volumes: list[str], root: Path, policy: ErrorPolicy,
+                  modality: str | None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Items of a folder's volume files, images paired with their masks; and the masks (with the stem they name)
+    that name no volume file of the folder."""
     images, masks = [], []
     for f in volumes:
         stem = split_volume_name(f)[0]  # type: ignore[index]
@@ -207,12 +217,13 @@ def _volume_items(volumes: list[str], root: Path, policy: ErrorPolicy, modality:
     if modality is not None:
         images = [(f, stem) for f, stem in images if stem.lower().endswith(f"_{modality.lower()}")]
     labels: dict[str, list[tuple[str, str]]] = {f: [] for f, _ in images}
+    unpaired = []
     for mask, base in masks:
         targets = [f for f, stem in images if stem.lower() == base.lower()] or [
             f for f, stem in images if stem.lower().startswith((base.lower() + "_", base.lower() + "-"))
         ]
-        if not targets and modality is None:
-            logger.warning("ignored mask %s: no image named like it in its folder.", mask)
+        if not targets:
+            unpaired.append((mask, base))
         for f in targets:
             labels[f].append((mask, base))
     items = []
@@ -225,7 +236,31 @@ def _volume_items(volumes: list[str], root: Path, policy: ErrorPolicy, modality:
             item["label"] = pair[0]
         item["subject"] = subject_id(_relative(Path(f).parent / pair[1], root))
         items.append(item)
-    return items
+    return items, unpaired
+
+
+def _pair_series_masks(items: list[dict], masks: list[tuple[str, str]], policy: ErrorPolicy,
+                       warn: bool) -> list[dict]:
+    """Give each mask that named no volume file to the DICOM series folder of its name beside it (hospital exports
+    put ``T1 POST_seg.nii.gz`` next to the series folder ``T1 POST``); warn about the masks left over."""
+    folders = {os.path.normcase(os.path.normpath(i["image"])).lower(): i for i in items
+               if isinstance(i["image"], str) and os.path.isdir(i["image"])}
+    refused: set[int] = set()
+    for mask, base in masks:
+        item = folders.get(os.path.normcase(os.path.normpath(os.path.join(os.path.dirname(mask), base))).lower())
+        if item is None:
+            if warn:
+                logger.warning("ignored mask %s: no image named like it in its folder.", mask)
+        elif "label" in item:
+            policy(_refuse_second_mask, item["image"], item["label"], mask)  # raises, or records and skips
+            refused.add(id(item))
+        else:
+            item["label"] = mask
+    return [i for i in items if id(i) not in refused]
+
+
+def _refuse_second_mask(image: str, first: str, second: str) -> None:
+    raise DataError(image, f"has several masks ({first}, {second}); keep one.")
 
 
 def _single_mask(image: str, stem: str, found: list[tuple[str, str]]) -> tuple[str | None, str]:

@@ -24,8 +24,8 @@ class GanOutput:
     holding the real slice (``IMAGE``), its conditioning (``LABEL``: the class of a conditional model), a fake of
     the same condition (``PRED``) and, replicated in every item as MONAI replicates ``loss``, a ``LOSS`` mapping
     (:class:`StepLosses`) of the step's scalars: ``G_LOSS`` and ``D_LOSS`` (the sums the optimisers stepped on) and
-    every statistic the objective logs (:class:`~monai_mri_gan.objectives.Terms`: ``r1``, ``d_real``, ``d_fake``,
-    and with their terms on ``class_real``, ``class_fake``, ``mode_seeking``).
+    every statistic the objective logs (:class:`~monai_mri_gan.objectives.Terms`: ``r1``, ``d_real``,
+    ``d_real_sign``, ``d_fake``, and with their terms on ``class_real``, ``class_fake``, ``mode_seeking``).
     So ``from_engine(["loss"], first=True)``, the output transform of MONAI's default trackers, returns every
     loss of the step by name.
     """
@@ -38,6 +38,7 @@ class GanOutput:
     D_LOSS = "d_loss"
     R1 = Terms.R1
     D_REAL = Terms.D_REAL
+    D_REAL_SIGN = Terms.D_REAL_SIGN
     D_FAKE = Terms.D_FAKE
     CLASS_REAL = Terms.CLASS_REAL
     CLASS_FAKE = Terms.CLASS_FAKE

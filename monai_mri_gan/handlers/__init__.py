@@ -1,5 +1,7 @@
-"""Ignite handlers for GAN training: EMA, sample grids, checkpoints, resume, a divergence guard and tracking."""
+"""Ignite handlers for GAN training: adaptive augmentation, EMA, sample grids, checkpoints, resume, a divergence
+guard and tracking."""
 
+from .augmentation import AdaptiveAugmentation
 from .checkpoint import GanCheckpointSaver, ResumeFromCheckpoint
 from .cohort import CohortSummaryWriter
 from .divergence import DivergenceGuard
@@ -9,6 +11,7 @@ from .samples import PaintedGridSaver, SampleGridSaver, hole_picture, sample_gri
 from .tracking import describe_tracked_run, every_n
 
 __all__ = [
+    "AdaptiveAugmentation",
     "BestCheckpointSaver",
     "CohortSummaryWriter",
     "DivergenceGuard",
