@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -303,6 +303,38 @@ def _worker_condition(split_seed: int, k: int | None, regimes: Sequence[str], ta
     return _run_condition(_WORKER_STUDY, split_seed, k, regimes_named(regimes), tasks, segmenting)
 
 
+def _in_workers(workers: int, threads: int, study_args: tuple, conditions: Sequence[tuple],
+                on_run: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    """Run ``conditions`` (the arguments of :func:`_worker_condition`) in spawned worker processes.
+
+    Results come back in the order of ``conditions``; ``on_run`` sees each condition's runs as soon as every
+    earlier condition is done too. The first condition that fails stops the study at once: the conditions not
+    started are cancelled and the workers stopped (a study of an hour must not run on for an hour to report an
+    error its first minutes met), and its error is raised here.
+    """
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                               initargs=(threads, *study_args))
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        futures = {pool.submit(_worker_condition, *arguments): i for i, arguments in enumerate(conditions)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            for i in range(len(conditions)):  # report the finished prefix, in order
+                if i not in results or results[i].get("reported"):
+                    break
+                results[i]["reported"] = True
+                for run in results[i]["runs"] if on_run is not None else ():
+                    on_run(run)
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor has no public handle
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown()
+    return [{k: v for k, v in results[i].items() if k != "reported"} for i in range(len(conditions))]
+
+
 def run_study(
     datalist: Sequence[Mapping[str, Any]],
     output_dir: str | os.PathLike,
@@ -390,14 +422,8 @@ def run_study(
     else:
         threads = max(1, torch.get_num_threads() // int(workers))
         names = [r.name for r in chosen]
-        with ProcessPoolExecutor(int(workers), mp_context=get_context("spawn"), initializer=_start_worker,
-                                 initargs=(threads, *study_args)) as pool:
-            futures = [pool.submit(_worker_condition, seed, k, names, list(tasks), segmenting)
-                       for seed, k in conditions]
-            for future in futures:
-                done.append(future.result())
-                for run in done[-1]["runs"] if on_run is not None else ():
-                    on_run(run)
+        done = _in_workers(int(workers), threads, study_args, [(seed, k, names, list(tasks), segmenting)
+                                                               for seed, k in conditions], on_run)
     splits = list({r["split"]["split"]: r["split"] for r in done}.values())
     return {"runs": [run for r in done for run in r["runs"]], "splits": splits, "settings": asdict(settings),
             "slicing": slicing, "regimes": [r.name for r in chosen], "segmentation_regimes": segmenting,
