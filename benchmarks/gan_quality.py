@@ -64,12 +64,13 @@ def train_for(overrides: dict, minutes: float, output_dir: Path, data: dict) -> 
     return reached
 
 
-def evaluate(output_dir: Path, data: dict) -> dict:
+def evaluate(output_dir: Path, data: dict, num_samples: int) -> dict:
     """The bundle's evaluation of the run's last checkpoint (no untrained baseline)."""
     evaluation_dir = output_dir / "final_evaluation"
     workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "evaluate.json"), workflow_type="eval",
                               logging_file=False, bundle_root=str(BUNDLE), ckpt_path=str(output_dir),
-                              output_dir=str(evaluation_dir), **data, **{"evaluate#handlers#1#baselines": {}})
+                              output_dir=str(evaluation_dir), num_samples=num_samples, **data,
+                              **{"evaluate#handlers#1#baselines": {}})
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--minutes", type=float, default=7.0, help="training wall time of every variant")
+    parser.add_argument("--num_samples", type=int, default=1000, help="generated slices each evaluation scores")
     parser.add_argument("--dataset_dir", default=None)
     parser.add_argument("--datalist", default=None)
     parser.add_argument("--work_dir", default=None, help="keep the runs here (default: a temporary folder)")
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.variants:
             output_dir = work_dir / name
             reached = train_for(VARIANTS[name], args.minutes, output_dir, data)
-            report = evaluate(output_dir, data)
+            report = evaluate(output_dir, data, args.num_samples)
             rows.append({"variant": name, "overrides": VARIANTS[name], **reached,
                          "generated": {k: report["generated"].get(k) for k in METRICS},
                          "real_vs_real": {k: report["real_vs_real"].get(k) for k in METRICS}})
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         print(f"{row['variant']:>16} {_cells(row['generated'])} {row['epochs']:>7} {row['iterations']:>6}")
     print(f"{'real-vs-real':>16} {_cells(rows[0]['real_vs_real'])}")
-    record = {"minutes": args.minutes, "data": "user data" if data else "demo cohort",
+    record = {"minutes": args.minutes, "num_samples": args.num_samples, "data": "user data" if data else "demo cohort",
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()},
               "runs": rows}
