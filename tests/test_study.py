@@ -244,14 +244,18 @@ def test_workers_change_the_wall_time_not_the_record(tmp_path):
     options = {"painter_config": ROOT / "bundles" / "brain_tumour_painter" / "configs" / "train.json",
                "split_seeds": [1], "tumour_subjects": [2, None], "regimes": ["oversampling"], "settings": settings}
     one = run_study(datalist, tmp_path / "one", workers=1, **options)
-    two = run_study(datalist, tmp_path / "two", workers=2, **options)
+    seen = []
+    two = run_study(datalist, tmp_path / "two", workers=2, on_run=seen.append, **options)
 
-    def comparable(record):
-        return [{k: v for k, v in run.items() if k != "seconds"} for run in record["runs"]]
+    def comparable(runs):
+        return [{k: v for k, v in run.items() if k != "seconds"} for run in runs]
 
     assert len(one["runs"]) == 2 * 3  # per level: the no-lesion floor, a classifier and a segmenter
-    assert comparable(one) == comparable(two)
+    assert comparable(one["runs"]) == comparable(two["runs"]) == comparable(seen)  # every run reported, in order
     assert one["splits"] == two["splits"] and one["cohort"]["slices"] == two["cohort"]["slices"]
     assert [c["tumour_subjects"] for c in two["conditions"]] == [2, "all"]
     with pytest.raises(ValueError, match="workers"):
         run_study(datalist, tmp_path / "none", workers=0, **options)
+    # a condition that fails in a worker stops the study with its own error
+    with pytest.raises(ValueError, match="tumour_subjects must be between 1 and"):
+        run_study(datalist, tmp_path / "bad", workers=2, **{**options, "tumour_subjects": [2, 50]})

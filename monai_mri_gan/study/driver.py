@@ -319,9 +319,11 @@ def _in_workers(workers: int, threads: int, study_args: tuple, conditions: Seque
         futures = {pool.submit(_worker_condition, *arguments): i for i, arguments in enumerate(conditions)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
-            for i in range(len(conditions)):  # report the finished prefix, in order
-                if i not in results or results[i].get("reported"):
+            for i in range(len(conditions)):  # report the finished prefix, in order, each condition once
+                if i not in results:
                     break
+                if results[i].get("reported"):
+                    continue
                 results[i]["reported"] = True
                 for run in results[i]["runs"] if on_run is not None else ():
                     on_run(run)
