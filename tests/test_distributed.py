@@ -66,14 +66,14 @@ def test_multi_gpu_config_limits_writers_to_rank_zero():
     """The main_process switch of multi_gpu_train.json turns off exactly the handlers that write or print."""
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(MULTI)])
-    handlers = parser["train"]["handlers"]
+    handlers = [h for h in parser["train"]["handlers"] if isinstance(h, dict)]  # not references to components
     gated = {h["_target_"] for h in handlers if "main_process" in str(h.get("_disabled_", ""))}
     assert gated == RANK_ZERO_TARGETS
     assert parser["summary_writer"]["_disabled_"] == "$not @main_process"
     # every component that builds a SummaryWriter (a file, at construction) is gated too
     for section in (parser["train"]["handlers"], parser["validate"]["handlers"]):
         for h in section:
-            if h["_target_"].endswith("TensorBoardStatsHandler"):
+            if isinstance(h, dict) and h["_target_"].endswith("TensorBoardStatsHandler"):
                 assert "main_process" in h["_disabled_"]
     assert parser["train"]["trainer"]["_target_"].endswith("DistributedSliceGanTrainer")
     # each rank draws from its own shard with the class-balanced weights of the single-process sampler
