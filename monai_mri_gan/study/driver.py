@@ -416,7 +416,6 @@ def run_study(
     slicing = dict(slicing if slicing is not None else STUDY_SLICING)
     study_args = (datalist, Path(output_dir), painter_config, whole_slice_config, settings, slicing, crop_size)
     conditions = [(int(split_seed), k) for split_seed in split_seeds for k in tumour_subjects]
-    done: list[dict[str, Any]] = []
     if int(workers) == 1:
         study = _Study(*study_args)
         done = [_run_condition(study, split_seed, k, chosen, tasks, segmenting, on_run)
