@@ -315,18 +315,15 @@ def _in_workers(workers: int, threads: int, study_args: tuple, conditions: Seque
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
                                initargs=(threads, *study_args))
     results: dict[int, dict[str, Any]] = {}
+    reported = 0  # conditions whose runs went to on_run: the finished prefix, in order
     try:
         futures = {pool.submit(_worker_condition, *arguments): i for i, arguments in enumerate(conditions)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
-            for i in range(len(conditions)):  # report the finished prefix, in order, each condition once
-                if i not in results:
-                    break
-                if results[i].get("reported"):
-                    continue
-                results[i]["reported"] = True
-                for run in results[i]["runs"] if on_run is not None else ():
+            while reported in results:
+                for run in results[reported]["runs"] if on_run is not None else ():
                     on_run(run)
+                reported += 1
     except BaseException:
         processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor has no public handle
         pool.shutdown(wait=False, cancel_futures=True)
@@ -334,7 +331,7 @@ def _in_workers(workers: int, threads: int, study_args: tuple, conditions: Seque
             process.terminate()
         raise
     pool.shutdown()
-    return [{k: v for k, v in results[i].items() if k != "reported"} for i in range(len(conditions))]
+    return [results[i] for i in range(len(conditions))]
 
 
 def run_study(
