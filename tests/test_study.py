@@ -5,8 +5,11 @@ import math
 import statistics
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
+from monai.data import get_track_meta, set_track_meta
 
 from monai_mri_gan.metrics import train_slice_classifier
 from monai_mri_gan.study import (
@@ -24,7 +27,8 @@ from monai_mri_gan.study import (
     subject_classes,
     write_training_datalist,
 )
-from monai_mri_gan.study.data import tumour_mask
+from monai_mri_gan.study.data import datalist_slices, tumour_mask
+from monai_mri_gan.study.scoring import tumour_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -176,6 +180,37 @@ def test_classic_augmentation_is_seeded_keeps_the_range_and_moves_masks():
     assert moved_masks.dtype == torch.uint8 and set(moved_masks.unique().tolist()) <= {0, 1}
     assert not torch.equal(moved_masks, masks)
     assert float((moved[moved_masks.bool()] > 0).float().mean()) > 0.9
+    # it runs on plain tensors for speed: the same values as with MONAI's metadata tracking, which it leaves on
+    set_track_meta(False)
+    try:
+        untracked = ClassicAugmentation(seed=2)(patch, masks)
+    finally:
+        set_track_meta(True)
+    assert torch.equal(untracked[0], moved) and torch.equal(untracked[1], moved_masks) and get_track_meta()
+
+
+def test_datalist_slices_reads_the_synthetic_items_alone_when_asked(tmp_path):
+    """The study reads only a set's synthetic items: the same slices as reading all of them and keeping those."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([0.9, 1.1, 3.0, 1.0])
+    items = []
+    for n in range(6):
+        image = rng.uniform(0, 500, size=(24, 20, 1)).astype(np.float32)
+        label = np.zeros((24, 20, 1), np.int16)
+        label[5 + n:10 + n, 4:9] = 1 + n % 4
+        nib.save(nib.Nifti1Image(image, affine), tmp_path / f"s{n}.nii")
+        nib.save(nib.Nifti1Image(label, affine), tmp_path / f"s{n}_mask.nii")
+        items.append({"image": f"s{n}.nii", "label": f"s{n}_mask.nii", "class": int(n % 2),
+                      "synthetic": n >= 4, "subject": f"subject-{n}"})
+    path = tmp_path / "datalist_augmented.json"
+    path.write_text(json.dumps({"training": items}))
+    everything = datalist_slices(path, 16, [1, 3, 4])
+    synthetic = datalist_slices(path, 16, [1, 3, 4], synthetic_only=True)
+    assert len(everything) == 6 and len(synthetic) == 2 and bool(synthetic.synthetic.all())
+    kept = everything.subset([4, 5])
+    assert torch.equal(synthetic.images, kept.images) and torch.equal(synthetic.masks, kept.masks)
+    assert synthetic.subjects == ["subject-4", "subject-5"] and synthetic.classes.tolist() == [0, 1]
+    assert synthetic.masks.sum() > 0 and int(synthetic.masks.max()) == 1  # labels 1 and 2: only 1 counts
 
 
 def test_quick_study_runs_and_its_paired_differences_are_per_split_differences(tmp_path, monkeypatch):
@@ -228,6 +263,18 @@ def test_classifier_stops_early_and_keeps_its_curve():
     # a score that never improves: the first scoring is the best, three more without improvement stop the run
     assert [h["step"] for h in history] == [10, 20, 30, 40]
     assert all(h["score"] == 0.5 and math.isfinite(h["loss"]) for h in history)
+
+
+def test_tumour_probabilities_softmax_and_its_bf16_validation_form():
+    images = torch.randn(40, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    network = train_slice_classifier(images, torch.tensor([0, 1] * 20), num_classes=2, widths=(4, 8, 8, 8), steps=5,
+                                     batch_size=8, seed=0)
+    with torch.no_grad():
+        logits = network.eval()(images).float()
+    expected = torch.exp(logits[:, 1]) / torch.exp(logits).sum(1)
+    assert torch.allclose(tumour_probabilities(network, images, batch_size=7), expected, atol=1e-6)
+    fast = tumour_probabilities(network, images, amp=True)  # bf16: close, not equal
+    assert fast.dtype == torch.float32 and torch.allclose(fast, expected, atol=0.03)
 
 
 def test_tumour_mask_counts_the_study_labels_only():

@@ -116,7 +116,7 @@ def _stack(items: Sequence[Mapping[str, Any]], with_label: bool,
 
 
 def datalist_slices(path: str | os.PathLike, image_size: int, labels: Sequence[int] | None = None,
-                    key: str = "training") -> StudySlices:
+                    key: str = "training", synthetic_only: bool = False) -> StudySlices:
     """The items of an augmented datalist, read as a user's pipeline reads them, then :func:`slice_chain`.
 
     Args:
@@ -124,9 +124,12 @@ def datalist_slices(path: str | os.PathLike, image_size: int, labels: Sequence[i
         image_size: side of the square slices.
         labels: the mask labels that are tumour (any positive label when None).
         key: the datalist section.
+        synthetic_only: read only the items marked ``synthetic`` (the study has the real slices already).
     """
     path = Path(path)
     items = load_decathlon_datalist(str(path), data_list_key=key, base_dir=str(path.parent))
+    if synthetic_only:
+        items = [i for i in items if i.get("synthetic", False)]
     with_label = all("label" in i for i in items)
     keys = ["image", "label"] if with_label else ["image"]
     load = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), SqueezeDimd(keys, dim=-1),

@@ -155,8 +155,8 @@ class _Condition:
                 path = build_painted_set(self.painter(), self.folder / f"{source}_set", datalist=self.datalist,
                                          seed=self.split_seed, method="gan" if source == "painted" else "copy_paste",
                                          overwrite=True, compress=False)
-            found = datalist_slices(path, study.settings.image_size, study.tumour_labels)
-            self.synthetic[source] = found.subset(torch.nonzero(found.synthetic).reshape(-1))
+            self.synthetic[source] = datalist_slices(path, study.settings.image_size, study.tumour_labels,
+                                                     synthetic_only=True)
             self.timings[source] = time.perf_counter() - start
         return self.synthetic[source]
 
@@ -207,7 +207,7 @@ def _classifier_run(study: _Study, condition: _Condition, regime: Regime, seed: 
         settings.classifier_batch_size, learning_rate=settings.learning_rate, seed=seed,
         class_weighted=regime.class_weighted, balance=1.0 if regime.oversample else 0.0,
         augment=ClassicAugmentation(seed) if regime.classic_augmentation else None, steps=settings.classifier_steps,
-        select=lambda net: auroc(val.classes, tumour_probabilities(net, val.images)),
+        select=lambda net: auroc(val.classes, tumour_probabilities(net, val.images, amp=settings.amp)),
         select_every=settings.eval_every, patience=settings.patience, amp=settings.amp, history=history)
     scores = classification_metrics(val.classes, tumour_probabilities(network, val.images), test.classes,
                                      tumour_probabilities(network, test.images))

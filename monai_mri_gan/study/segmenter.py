@@ -80,7 +80,8 @@ def train_segmenter(
             the private one).
         sample_weights: ``(N,)`` non-negative weights; when given, batches are drawn with replacement in
             proportion to them (oversampling), otherwise every slice is visited once per shuffled pass.
-        amp: run the forward pass under bf16 autocast (the loss is computed in float32).
+        amp: run the forward passes of training and validation under bf16 autocast (the loss is computed in
+            float32).
         device: device to train on.
 
     Selecting on the per-slice Dice of tumour slices alone would reward a network that paints tumour everywhere
@@ -141,7 +142,7 @@ def train_segmenter(
             optimiser.step()
             loss_sum, loss_steps = loss_sum + loss.detach(), loss_steps + 1
             if step % int(eval_every) == 0 or step == int(max_steps):
-                val_dice = segmentation_metrics(segment(network, val_images), val_masks)["pooled_dice"]
+                val_dice = segmentation_metrics(segment(network, val_images, amp=amp), val_masks)["pooled_dice"]
                 network.train()
                 curve.append({"step": step, "val_pooled_dice": val_dice, "train_loss": float(loss_sum) / loss_steps})
                 loss_sum, loss_steps = torch.zeros((), device=device), 0
@@ -157,14 +158,16 @@ def train_segmenter(
 
 
 @torch.no_grad()
-def segment(network: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Predicted tumour mask of every slice: the arg-max class of a two-class segmenter, in eval mode, in float32.
+def segment(network: nn.Module, images: torch.Tensor, batch_size: int = 64, amp: bool = False) -> torch.Tensor:
+    """Predicted tumour mask of every slice: the arg-max class of a two-class segmenter, in eval mode.
 
     Args:
         network: returns ``(B, 2, H, W)`` background and tumour logits for ``(B, 1, H, W)`` slices; it is put in
             eval mode, and its inputs go to its parameters' device.
         images: ``(N, 1, H, W)`` slices.
         batch_size: slices per forward pass.
+        amp: bfloat16 autocast instead of float32 (3x faster on this project's CPU): for validation during
+            training, where a pixel on a knife edge may flip; test scores use float32.
 
     Returns:
         ``(N, H, W)`` bool masks on the CPU.
@@ -172,7 +175,7 @@ def segment(network: nn.Module, images: torch.Tensor, batch_size: int = 64) -> t
     images = _slices(images, "images").float()
     device = next(network.parameters()).device
     network.eval()
-    with torch.autocast(device.type, enabled=False):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         masks = [network(images[start: start + batch_size].to(device)).argmax(1).cpu() == 1
                  for start in range(0, images.shape[0], batch_size)]
     return torch.cat(masks) if masks else torch.zeros(0, *images.shape[2:], dtype=torch.bool)
