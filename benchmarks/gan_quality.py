@@ -40,10 +40,12 @@ VARIANTS: dict[str, dict] = {
     "ada_translation": {"ada_target": 0.6},
     "ttur": {"g_learning_rate": 0.0001, "d_learning_rate": 0.0004},
     "batch_64": {"batch_size": 64, "learning_rate": 0.0003},
+    "sle": {"g_skip_excitation": True},
 }
 """The variants: bundle overrides. ``ada``: StyleGAN2-ADA's adaptive probability over all four DiffAugment
 operations; ``ada_translation``: the default's translation, adaptive; ``ttur``: a slower generator and a faster
-discriminator (Heusel et al. 2017); ``batch_64``: twice the batch, the learning rate scaled by its square root."""
+discriminator (Heusel et al. 2017); ``batch_64``: twice the batch, the learning rate scaled by its square root;
+``sle``: FastGAN's skip-layer excitation in the generator (Liu et al. 2021)."""
 
 
 def train_for(overrides: dict, minutes: float, output_dir: Path, data: dict) -> dict:

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["commit_file", "remove_staged", "replace_atomically", "rotation_matrix", "stage_file"]
+__all__ = ["as_flag", "commit_file", "remove_staged", "replace_atomically", "rotation_matrix", "stage_file"]
 
 _TOKEN_BYTES = 6
 
@@ -141,3 +141,20 @@ def rotation_matrix(angles: Sequence[float] | np.ndarray) -> np.ndarray:
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def as_flag(value: bool | str, name: str = "flag") -> bool:
+    """A boolean option from a bool or, as command lines pass them, the strings ``"true"``/``"false"`` (any case).
+
+    Args:
+        value: the option's value.
+        name: the option's name, for the error message.
+
+    Raises:
+        ValueError: for any other value (``bool("false")`` would be True).
+    """
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}.")

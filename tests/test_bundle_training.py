@@ -105,3 +105,24 @@ def test_training_bundle_adaptive_augmentation(tmp_path, tiny_cohort):
                   cwd=tmp_path)
     assert off.returncode == 0, off.stderr[-3000:]
     assert load_checkpoint(tmp_path / "off")["augmentation"]["p"] == 1.0  # off: DiffAugment's p as configured
+
+
+def test_training_bundle_skip_excitation_trains_and_infers(tmp_path, tiny_cohort):
+    """``g_skip_excitation`` builds the generator with FastGAN's skip-layer excitation, kept in the run record;
+    inference needs the same switch and names it when it differs."""
+    out = tmp_path / "run"
+    result = _bundle("training", "--config_file", str(TRAIN), "--datalist", str(tiny_cohort), "--output_dir",
+                     str(out), "--max_epochs", "1", "--batch_size", "8", "--image_size", "32", "--evaluate_every", "0",
+                     "--g_skip_excitation", "true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = load_checkpoint(out)
+    assert ckpt["config"]["networks"]["generator"]["args"]["skip_excitation"] is True
+    assert any(k.startswith("excitations.2.reduce") for k in ckpt["ema_generator"])  # 4 px gates 32 px
+    infer = ["inference", "--config_file", str(TRAIN.with_name("inference.json")), "--ckpt_path", str(out),
+             "--datalist", str(tiny_cohort), "--image_size", "32", "--samples_per_class", "2", "--classes",
+             "['no_tumour']"]
+    made = _bundle(*infer, "--output_dir", str(tmp_path / "synthetic"), "--g_skip_excitation", "true", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert len(list((tmp_path / "synthetic").glob("synthetic_*.nii.gz"))) == 2
+    refused = _bundle(*infer, "--output_dir", str(tmp_path / "refused"), cwd=tmp_path)
+    assert refused.returncode != 0 and "skip_excitation" in refused.stderr

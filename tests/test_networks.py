@@ -5,6 +5,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from monai_mri_gan.networks import (
+    SkipLayerExcitation,
     SliceDiscriminator,
     SliceGenerator,
     build_networks,
@@ -139,9 +140,10 @@ def test_channels_last_matches_contiguous():
     torch.testing.assert_close(logits_cl, logits, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("num_classes", [0, 3])
-def test_generator_scripts_and_traces(num_classes):
-    generator = SliceGenerator(latent_dim=16, image_size=64, num_classes=num_classes).eval()
+@pytest.mark.parametrize("num_classes,skip_excitation", [(0, False), (3, False), (3, True)])
+def test_generator_scripts_and_traces(num_classes, skip_excitation):
+    generator = SliceGenerator(latent_dim=16, image_size=64, num_classes=num_classes,
+                               skip_excitation=skip_excitation).eval()
     z = torch.randn(3, 16)
     labels = torch.tensor([0, 2, 1]) if num_classes else None
     expected = generator(z, labels)
@@ -199,3 +201,41 @@ def test_seeded_latents_are_the_documented_draw():
     continued = torch.Generator().manual_seed(7)
     torch.randperm(10, generator=continued)
     assert torch.equal(seeded_latents(4, 3, generator), torch.randn(4, 3, generator=continued))
+
+
+def test_skip_layer_excitation_is_the_formula_and_gates_the_fine_levels():
+    torch.manual_seed(0)
+    block = SkipLayerExcitation(6, 3)
+    fine, coarse = torch.randn(2, 3, 16, 16), torch.randn(2, 6, 8, 8)
+    # by hand: 2x2 average pooling of an 8x8 map to 4x4, the valid 4x4 convolution as a sum, SiLU, the 1x1 mix
+    pooled = coarse.reshape(2, 6, 4, 2, 4, 2).mean(dim=(3, 5))
+    reduced = torch.einsum("bchw,ochw->bo", pooled, block.reduce.weight)
+    silu = reduced * torch.sigmoid(reduced)
+    gate = torch.sigmoid(silu @ block.mix.weight[:, :, 0, 0].T)
+    torch.testing.assert_close(block(fine, coarse), fine * gate[:, :, None, None], rtol=1e-5, atol=1e-6)
+
+    # in the generator: 4x4 gates 32x32 and 8x8 gates 64x64 at 64 px, nothing coarser; state dicts without it
+    # (older checkpoints) still load into a generator without it
+    generator = SliceGenerator(latent_dim=16, image_size=64, num_classes=2, skip_excitation=True)
+    gated = [(i + 1, e) for i, e in enumerate(generator.excitations) if isinstance(e, SkipLayerExcitation)]
+    assert [(level, e.reduce.in_channels, e.reduce.out_channels) for level, e in gated] == [(3, 256, 32), (4, 128, 16)]
+    plain = SliceGenerator(latent_dim=16, image_size=64, num_classes=2)
+    assert not any(isinstance(e, SkipLayerExcitation) for e in plain.excitations)
+    SliceGenerator(latent_dim=16, image_size=64, num_classes=2).load_state_dict(plain.state_dict())
+    z, labels = torch.randn(4, 16), torch.tensor([0, 1, 0, 1])
+    generator(z, labels).square().mean().backward()
+    assert all(e.reduce.weight.grad is not None and e.reduce.weight.grad.abs().sum() > 0 for _, e in gated)
+    assert parametrize.is_parametrized(
+        SliceGenerator(latent_dim=16, image_size=64, skip_excitation=True, spectral_norm=True).excitations[2].reduce,
+        "weight")
+
+
+def test_switches_from_a_command_line_are_booleans():
+    """``--spectral_norm false`` reaches the constructor as the string "false", which must not switch it on."""
+    generator = SliceGenerator(latent_dim=8, image_size=32, spectral_norm="false", skip_excitation="True")
+    assert generator.init_args["spectral_norm"] is False and generator.init_args["skip_excitation"] is True
+    assert not parametrize.is_parametrized(generator.project, "weight")
+    discriminator = SliceDiscriminator(image_size=32, spectral_norm="false", minibatch_std="false")
+    assert discriminator.init_args["spectral_norm"] is False and discriminator.minibatch_std is False
+    with pytest.raises(ValueError, match="skip_excitation must be true or false, got 'yes'"):
+        SliceGenerator(latent_dim=8, image_size=32, skip_excitation="yes")

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from .discriminator import SliceDiscriminator, minibatch_stddev
-from .generator import ConditionalBatchNorm2d, SliceGenerator, feature_channels, init_dcgan_weights, seeded_latents
+from .generator import (
+    ConditionalBatchNorm2d,
+    SkipLayerExcitation,
+    SliceGenerator,
+    feature_channels,
+    init_dcgan_weights,
+    seeded_latents,
+)
 from .painter import LesionPainterDiscriminator, LesionPainterGenerator
 from .recorded import RecordsArguments
 from .whole_slice import build_networks
@@ -14,6 +21,7 @@ __all__ = [
     "LesionPainterGenerator",
     "RecordsArguments",
     "SliceDiscriminator",
+    "SkipLayerExcitation",
     "SliceGenerator",
     "build_networks",
     "feature_channels",

@@ -7,6 +7,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
+from ..utils import as_flag
 from .generator import check_image_size, feature_channels, init_dcgan_weights
 from .recorded import RecordsArguments
 
@@ -73,6 +74,11 @@ class SliceDiscriminator(RecordsArguments, nn.Module):
     ) -> None:
         super().__init__()
         num_blocks = check_image_size(image_size)
+        spectral_norm, minibatch_std, auxiliary_classifier = (
+            as_flag(v, name) for v, name in ((spectral_norm, "spectral_norm"), (minibatch_std, "minibatch_std"),
+                                             (auxiliary_classifier, "auxiliary_classifier")))
+        self.init_args.update(spectral_norm=spectral_norm, minibatch_std=minibatch_std,
+                              auxiliary_classifier=auxiliary_classifier)
         if base_channels is None:
             base_channels = max(2048 // image_size, 8)
         self.init_args["base_channels"] = base_channels

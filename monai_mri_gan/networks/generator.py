@@ -9,9 +9,17 @@ from monai.networks.blocks import Convolution
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
+from ..utils import as_flag
 from .recorded import RecordsArguments
 
-__all__ = ["ConditionalBatchNorm2d", "SliceGenerator", "feature_channels", "init_dcgan_weights", "seeded_latents"]
+__all__ = [
+    "ConditionalBatchNorm2d",
+    "SkipLayerExcitation",
+    "SliceGenerator",
+    "feature_channels",
+    "init_dcgan_weights",
+    "seeded_latents",
+]
 
 SUPPORTED_SIZES = (32, 64, 128, 256, 512)
 
@@ -137,6 +145,43 @@ class GeneratorBlock(nn.Module):
         return self.act(self.norm(self.conv(self.upsample(x)), labels))
 
 
+class SkipLayerExcitation(nn.Module):
+    """FastGAN's skip-layer excitation (Liu et al. 2021): channel gates for a fine feature map from a coarse one.
+
+    ``fine * sigmoid(conv1x1(silu(conv4x4(avgpool4(coarse)))))``: the coarse map is pooled to 4x4, a valid 4x4
+    convolution reduces it to one value per channel of the fine map, and after a SiLU and a 1x1 convolution a
+    sigmoid gives the gate. Written here because MONAI's squeeze-and-excitation blocks
+    (``monai.networks.blocks.ChannelSELayer``) gate a map by itself, not by another map at another resolution.
+
+    Args:
+        coarse_channels: channels of the coarse (gating) map.
+        fine_channels: channels of the fine (gated) map.
+    """
+
+    def __init__(self, coarse_channels: int, fine_channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.reduce = nn.Conv2d(coarse_channels, fine_channels, kernel_size=4, bias=False)
+        self.act = nn.SiLU()
+        self.mix = nn.Conv2d(fine_channels, fine_channels, kernel_size=1, bias=False)
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Scale each channel of ``fine`` (B, C_f, H, W) by a gate in (0, 1) computed from ``coarse``."""
+        return fine * torch.sigmoid(self.mix(self.act(self.reduce(self.pool(coarse)))))
+
+
+class _NoExcitation(nn.Module):
+    """The levels without a skip-layer excitation (same call as :class:`SkipLayerExcitation`, for TorchScript)."""
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        return fine
+
+
+SKIP_EXCITATION_SPAN = 3
+"""Levels between a skip-layer excitation's coarse and fine maps: 8x in resolution (4x4 gates 32x32, 8x8 gates
+64x64, and so on). FastGAN spans 16x at 1024 px (8 -> 128); at 64 px a 16x span leaves one pair."""
+
+
 class SliceGenerator(RecordsArguments, nn.Module):
     """DCGAN-style generator: a latent vector to a (B, ``channels``, S, S) slice in [-1, 1].
 
@@ -162,6 +207,9 @@ class SliceGenerator(RecordsArguments, nn.Module):
         num_classes: number of classes for conditioning; 0 for an unconditional generator.
         embedding_dim: length of the label embedding concatenated to ``z`` (conditional only).
         spectral_norm: spectrally normalise the linear and convolutional layers (as in SAGAN/BigGAN).
+        skip_excitation: FastGAN's skip-layer excitation: every feature map at 32 px and finer is gated channel by
+            channel from the map :data:`SKIP_EXCITATION_SPAN` levels coarser (:class:`SkipLayerExcitation`), a
+            shortcut for gradients and for global structure to reach the fine levels.
 
     Raises:
         ValueError: when ``image_size`` is not supported or a size argument is not positive.
@@ -177,9 +225,13 @@ class SliceGenerator(RecordsArguments, nn.Module):
         num_classes: int = 0,
         embedding_dim: int = 32,
         spectral_norm: bool = False,
+        skip_excitation: bool = False,
     ) -> None:
         super().__init__()
         num_blocks = check_image_size(image_size)
+        spectral_norm = as_flag(spectral_norm, "spectral_norm")
+        skip_excitation = as_flag(skip_excitation, "skip_excitation")  # "false" from a command line is no True
+        self.init_args.update(spectral_norm=spectral_norm, skip_excitation=skip_excitation)
         if base_channels is None:
             base_channels = max(1024 // image_size, 8)
         self.init_args["base_channels"] = base_channels
@@ -206,10 +258,18 @@ class SliceGenerator(RecordsArguments, nn.Module):
         self.blocks = nn.ModuleList(
             [GeneratorBlock(widths[i], widths[i + 1], num_classes) for i in range(num_blocks)]
         )
+        # one per block: the excitation of the block's output, or nothing
+        self.skip_span = SKIP_EXCITATION_SPAN
+        self.excitations = nn.ModuleList([
+            SkipLayerExcitation(widths[level - SKIP_EXCITATION_SPAN], widths[level])
+            if skip_excitation and level >= SKIP_EXCITATION_SPAN else _NoExcitation()
+            for level in range(1, num_blocks + 1)
+        ])
         self.to_image = Convolution(2, widths[-1], channels, kernel_size=3, conv_only=True)
         self.apply(init_dcgan_weights)
         if spectral_norm:
-            for module in [self.project, self.to_image.conv] + [block.conv.conv for block in self.blocks]:
+            gates = [conv for e in self.excitations if isinstance(e, SkipLayerExcitation) for conv in (e.reduce, e.mix)]
+            for module in [self.project, self.to_image.conv, *[block.conv.conv for block in self.blocks], *gates]:
                 apply_spectral_norm(module)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,6 +294,8 @@ class SliceGenerator(RecordsArguments, nn.Module):
             raise ValueError("labels must be None: this generator is unconditional (num_classes=0).")
         x = self.project(z).reshape(z.shape[0], self.initial_channels, 4, 4)
         x = torch.relu(self.initial_norm(x, labels))
-        for block in self.blocks:
-            x = block(x, labels)
+        levels = [x]
+        for level, (block, excitation) in enumerate(zip(self.blocks, self.excitations), start=1):  # noqa: B905 (TorchScript)
+            x = excitation(block(x, labels), levels[max(level - self.skip_span, 0)])
+            levels.append(x)
         return torch.tanh(self.to_image(x))

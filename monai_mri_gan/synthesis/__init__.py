@@ -1,5 +1,6 @@
 """Synthesis: write generated and painted slices to NIfTI with their reference's geometry and a provenance sidecar."""
 
+from ..utils import as_flag
 from .augmentation import AUGMENTED_DATALIST, build_balanced_set, build_painted_set, synthetic_quota
 from .painter import PAINT_METHODS, LesionPainterSynthesiser
 from .provenance import (
@@ -17,7 +18,7 @@ from .provenance import (
     synthetic_descrip,
     write_sidecar,
 )
-from .sampler import SliceSynthesiser, as_flag, check_destinations, intensity_record
+from .sampler import SliceSynthesiser, check_destinations, intensity_record
 from .writer import SliceWriter, SyntheticSliceWriter, cast_to_dtype, write_synthetic_slice
 
 __all__ = [

@@ -37,10 +37,10 @@ import torch
 from monai.data import MetaTensor
 
 from ..transforms.intensity import invert_slice_normalisation
-from ..utils import replace_atomically
+from ..utils import as_flag, replace_atomically
 from .painter import LesionPainterSynthesiser
 from .provenance import keyed_id, run_provenance_key
-from .sampler import SliceSynthesiser, as_flag, check_destinations
+from .sampler import SliceSynthesiser, check_destinations
 from .writer import SliceWriter
 
 __all__ = ["AUGMENTED_DATALIST", "build_balanced_set", "build_painted_set", "synthetic_quota"]

@@ -53,7 +53,7 @@ from ..transforms import (
     invert_normalisation,
     lesion_window,
 )
-from ..utils import remove_staged
+from ..utils import as_flag, remove_staged
 from .provenance import (
     PROVENANCE_KEY,
     keyed_id,
@@ -63,7 +63,7 @@ from .provenance import (
     sidecar_path,
     synthetic_descrip,
 )
-from .sampler import as_flag, check_destinations, intensity_record
+from .sampler import check_destinations, intensity_record
 from .writer import SyntheticSliceWriter, cast_to_dtype
 
 __all__ = ["PAINT_METHODS", "LesionPainterSynthesiser"]

@@ -43,32 +43,15 @@ from ..runs import (
     run_record,
 )
 from ..transforms.intensity import invert_slice_normalisation
-from ..utils import remove_staged
+from ..utils import as_flag, remove_staged
 from .provenance import PROVENANCE_KEY, keyed_id, provenance_record, run_provenance_key, sha256_file, sidecar_path
 from .writer import SyntheticSliceWriter
 
-__all__ = ["SliceSynthesiser", "as_flag", "check_destinations", "intensity_record"]
+__all__ = ["SliceSynthesiser", "check_destinations", "intensity_record"]
 
 logger = logging.getLogger(__name__)
 
 _UNCONDITIONAL = "unconditional"
-
-
-def as_flag(value: bool | str, name: str = "flag") -> bool:
-    """A boolean option from a bool or, as command lines pass them, the strings ``"true"``/``"false"`` (any case).
-
-    Args:
-        value: the option's value.
-        name: the option's name, for the error message.
-
-    Raises:
-        ValueError: for any other value (``bool("false")`` would be True).
-    """
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def check_destinations(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
