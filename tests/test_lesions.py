@@ -64,6 +64,27 @@ def _slice_item(labels, image=None, affine=None, **extra):
     }
 
 
+def test_from_slices_keeps_only_lesions_with_tumour_core_when_asked():
+    """With the slicing's tumour labels, oedema alone (BraTS 2) or too little core is no lesion to paste: a painted
+    slice must be a tumour slice by the rule real slices are classed by (at least min_voxels core pixels)."""
+    labels = np.zeros((40, 60), np.int16)
+    labels[2:10, 2:10] = 2
+    labels[4:8, 4:9] = 1  # 20 px of core inside oedema: kept
+    labels[20:30, 2:12] = 2  # 100 px of oedema alone: left out
+    labels[2:12, 30:40] = 2
+    labels[5:8, 33:39] = 4  # 18 px of core: too little, left out
+    labels[25:35, 40:50] = 3  # 100 px, all core: kept
+    items = [_slice_item(labels, np.zeros((40, 60), np.float32), np.eye(4))]
+    assert len(LesionBank.from_slices(items, min_voxels=20)) == 4
+    bank = LesionBank.from_slices(items, min_voxels=20, margin=0, core_labels=[1, 3, 4])
+    assert len(bank) == 2 and bank.label_values == (1, 2, 3)
+    np.testing.assert_array_equal(bank[0].labels, labels[2:10, 2:10])
+    np.testing.assert_array_equal(bank[1].labels, labels[25:35, 40:50])
+    with pytest.raises(ValueError, match=r"no lesion of at least 20 pixels of labels \[1, 4\] in the 1 labelled"):
+        no_core_1_or_3 = np.where(np.isin(labels, [1, 3]), 2, labels)
+        LesionBank.from_slices([_slice_item(no_core_1_or_3, np.zeros((40, 60)), np.eye(4))], core_labels=[4, 1])
+
+
 def test_components_and_boxes():
     labels = np.zeros((20, 24), np.int16)
     labels[2:7, 3:8] = 2  # 25 px

@@ -182,6 +182,7 @@ class LesionPainterEvaluator(Evaluator):
         self.dilate_px, self.band_px = int(painting["dilate_px"]), int(painting["band_px"])
         slicing = dict(self.record.get("slicing") or {})
         self.min_lesion_voxels = int(min_lesion_voxels or slicing.get("tumour_min_voxels") or 20)
+        self.tumour_labels = slicing.get("tumour_labels")
         self.training_datalist = training_datalist
         self.heldout_datalist = heldout_datalist
         self.seed = int(seed)
@@ -231,9 +232,9 @@ class LesionPainterEvaluator(Evaluator):
 
     @cached_property
     def bank(self) -> LesionBank:
-        """The lesions of the training cohort's tumour slices."""
+        """The lesions of the training cohort's tumour slices that hold tumour core (as the synthesiser's bank)."""
         return LesionBank.from_slices([s for s in self.training_cohort if int(s.get("class", 0)) == 1],
-                                      min_voxels=self.min_lesion_voxels)
+                                      min_voxels=self.min_lesion_voxels, core_labels=self.tumour_labels)
 
     @cached_property
     def training_crops(self) -> LesionCrops:

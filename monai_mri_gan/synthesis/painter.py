@@ -246,6 +246,7 @@ class LesionPainterSynthesiser:
         self.key_path = Path(key_path) if key_path is not None else run_folder(self.ckpt_path) / PROVENANCE_KEY
         slicing = dict(self.record.get("slicing") or {})
         self.min_lesion_voxels = int(min_lesion_voxels or slicing.get("tumour_min_voxels") or 20)
+        self.tumour_labels = slicing.get("tumour_labels")
         self.placement = dict(placement or {})
         self.base_tries = int(base_tries)
         self.writer = SyntheticSliceWriter(overwrite=self.overwrite)
@@ -281,11 +282,14 @@ class LesionPainterSynthesiser:
 
     @property
     def bank(self) -> LesionBank:
-        """The lesion bank: the lesions of ``min_lesion_voxels`` pixels or more in the lesion cohort's tumour slices."""
+        """The lesion bank: the lesions in the lesion cohort's tumour slices that hold ``min_lesion_voxels`` pixels or
+        more of the run's tumour labels (``slicing["tumour_labels"]``), so every painted slice is a tumour slice by
+        the rule the real ones are classed by."""
         if self._bank is None:
             items = ({**s, _SOURCE_KEY: _slice_source(s)} for s in self.lesion_cohort
                      if int(s["class"]) == 1 and s.get("label") is not None)
-            self._bank = LesionBank.from_slices(items, min_voxels=self.min_lesion_voxels, source_key=_SOURCE_KEY)
+            self._bank = LesionBank.from_slices(items, min_voxels=self.min_lesion_voxels, source_key=_SOURCE_KEY,
+                                                core_labels=self.tumour_labels)
         return self._bank
 
     @functools.cached_property

@@ -232,18 +232,24 @@ class LesionBank:
 
     @classmethod
     def from_slices(cls, items: Iterable[Mapping], min_voxels: int = 20, margin: int = 8, image_key: str = "image",
-                    label_key: str = "label", source_key: str | None = None) -> LesionBank:
+                    label_key: str = "label", source_key: str | None = None,
+                    core_labels: Sequence[int] | None = None) -> LesionBank:
         """Cut every lesion (connected component of the label) out of slice items as :class:`SliceCohort` serves them.
 
         Args:
             items: slice items whose ``image_key`` and ``label_key`` are ``(1, H, W, 1)`` slices with a 4x4 affine
                 (``MetaTensor``); items without a label are skipped.
-            min_voxels: components with fewer pixels are left out.
+            min_voxels: components with fewer pixels are left out; with ``core_labels``, components with fewer
+                pixels of those labels.
             margin: pixels kept around each component's box (clipped at the slice's edge). The default covers the
                 default blend band (2 + 4 px) of :func:`paste_lesion` even when a lesion is shrunk to 0.8 of its size.
             image_key: key of the normalised image slice.
             label_key: key of the label slice (integer values; 0 = no lesion).
             source_key: key of a caller-given id of the slice; None: ``"<subject>:<slice_index>"``.
+            core_labels: the labels that make a tumour slice (the slicing's ``tumour_labels``): a lesion is kept only
+                if it holds ``min_voxels`` pixels of them, so that every lesion placed makes its base a tumour slice
+                by the rule real slices are classed by. Without it, a component of oedema alone (BraTS label 2)
+                would be pasted and labelled tumour while holding no tumour core. None: any label counts.
 
         Returns:
             the bank, lesions in the order of the items and, within a slice, of their top-left corners.
@@ -271,9 +277,12 @@ class LesionBank:
                 box = (slice(max(rows.start - margin, 0), rows.stop + margin),
                        slice(max(cols.start - margin, 0), cols.stop + margin))
                 own = np.where(ids[box] == value, labels[box], 0).astype(np.int16)
+                if core_labels is not None and np.isin(own, list(core_labels)).sum() < int(min_voxels):
+                    continue
                 lesions.append(Lesion(own, image[box].copy(), spacing, source))
         if not lesions:
-            raise ValueError(f"no lesion of at least {min_voxels} pixels in the {labelled} labelled slice(s): the "
+            of = "" if core_labels is None else f" of labels {sorted(int(v) for v in core_labels)}"
+            raise ValueError(f"no lesion of at least {min_voxels} pixels{of} in the {labelled} labelled slice(s): the "
                              "lesion bank needs slices with tumour masks.")
         return cls(lesions)
 
