@@ -74,9 +74,9 @@ class SliceDiscriminator(RecordsArguments, nn.Module):
     ) -> None:
         super().__init__()
         num_blocks = check_image_size(image_size)
-        spectral_norm, minibatch_std, auxiliary_classifier = (
-            as_flag(v, name) for v, name in ((spectral_norm, "spectral_norm"), (minibatch_std, "minibatch_std"),
-                                             (auxiliary_classifier, "auxiliary_classifier")))
+        spectral_norm = as_flag(spectral_norm, "spectral_norm")
+        minibatch_std = as_flag(minibatch_std, "minibatch_std")
+        auxiliary_classifier = as_flag(auxiliary_classifier, "auxiliary_classifier")
         self.init_args.update(spectral_norm=spectral_norm, minibatch_std=minibatch_std,
                               auxiliary_classifier=auxiliary_classifier)
         if base_channels is None:
