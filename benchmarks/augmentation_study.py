@@ -15,20 +15,24 @@ grid.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import hashlib
 import logging
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from monai_mri_gan import __version__
 from monai_mri_gan.study import (
     DEFAULT_REGIMES,
     DEFAULT_SEGMENTATION_REGIMES,
     STUDY_REGIMES,
     STUDY_SLICING,
+    StudyJournal,
     StudySettings,
     markdown_tables,
     paired_differences,
@@ -84,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch intra-op threads in all (shared among the workers); 0 keeps torch's default")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes that run conditions side by side (the record does not depend on it)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted study journalled beside --output (same data, settings, code)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 splits of a 24-subject demo cohort, k = 2, four regimes, short budgets")
     args = parser.parse_args(argv)
@@ -93,6 +99,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.classifier_steps = args.segmenter_steps = 20
         args.painter_iterations, args.image_size = 10, 32
     return args
+
+
+def _sha256(path: str | None) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+
+def _code_revision() -> str:
+    """The commit this script runs from, with a digest of any uncommitted change to the code or the bundles."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *command], capture_output=True, text=True,
+                              check=True).stdout
+    try:
+        head = git("rev-parse", "HEAD").strip()
+        changes = git("diff", "HEAD", "--", "monai_mri_gan", "bundles", "benchmarks/augmentation_study.py")
+    except (OSError, subprocess.CalledProcessError):
+        return f"monai_mri_gan {__version__} (not a git checkout)"
+    return head + (f" + uncommitted changes {hashlib.sha256(changes.encode()).hexdigest()[:16]}" if changes else "")
+
+
+def fingerprint(args: argparse.Namespace, settings: StudySettings, slicing: dict, segmenting: list[str]) -> dict:
+    """Whatever changes a condition's result: a journal resumes only a study with the same one."""
+    data = ({"demo_seed": args.demo_seed, "demo_subjects": args.demo_subjects}
+            if args.datalist is None and args.dataset_dir is None else
+            {"datalist": args.datalist and str(Path(args.datalist).resolve()),
+             "datalist_sha256": _sha256(args.datalist),
+             "dataset_dir": args.dataset_dir and str(Path(args.dataset_dir).resolve())})
+    return {"data": data, "settings": dataclasses.asdict(settings), "slicing": slicing, "regimes": args.regimes,
+            "segmentation_regimes": segmenting, "tasks": args.tasks,
+            "painter_config": _sha256(args.painter_config),
+            "whole_slice_config": _sha256(args.whole_slice_config) if "whole_slice_gan" in args.regimes else None,
+            "code": _code_revision()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,35 +150,38 @@ def main(argv: list[str] | None = None) -> dict:
                              segmenter_steps=args.segmenter_steps, painter_iterations=args.painter_iterations,
                              seeds=tuple(args.seeds))
 
-    partial = Path(args.output).with_suffix(".runs.jsonl")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_text("")
+    segmenting = args.segmentation_regimes or [r for r in DEFAULT_SEGMENTATION_REGIMES if r in args.regimes]
+    labels = None if args.tumour_labels == ["any"] else [int(v) for v in args.tumour_labels]
+    slicing = {**STUDY_SLICING, "tumour_labels": labels}
+    # every finished condition at once on disk: an interrupted study keeps what it did, and --resume goes on
+    journal = StudyJournal(Path(args.output).with_suffix(".journal.jsonl"),
+                           fingerprint(args, settings, slicing, segmenting), resume=args.resume)
+    if journal.conditions:
+        log.info("resuming: %d condition(s) finished earlier are taken from %s", len(journal.conditions),
+                 journal.path)
 
     def progress(run: dict) -> None:
-        with partial.open("a") as handle:  # every finished run at once: an interrupted study keeps what it did
-            handle.write(json.dumps(run, default=float) + "\n")
         shown = {k: round(v, 3) for k, v in run["metrics"].items() if k in (
             "auroc", "sensitivity_at_90_specificity", "dice", "false_positive_rate")}
         log.info("split %s, k %s, %s %s: %s (%.0f s)", run["split"], run["tumour_subjects"], run["regime"],
                  run["task"], shown, run["seconds"])
 
-    segmenting = args.segmentation_regimes or [r for r in DEFAULT_SEGMENTATION_REGIMES if r in args.regimes]
-    labels = None if args.tumour_labels == ["any"] else [int(v) for v in args.tumour_labels]
-    slicing = {**STUDY_SLICING, "tumour_labels": labels}
     with tempfile.TemporaryDirectory(prefix="augmentation-study-") as tmp:
         record = run_study(datalist, Path(args.work_dir or tmp), args.painter_config, split_seeds=args.split_seeds,
                            tumour_subjects=args.tumour_subjects, regimes=args.regimes, settings=settings,
                            tasks=args.tasks, whole_slice_config=args.whole_slice_config, slicing=slicing,
-                           on_run=progress, workers=args.workers, segmentation_regimes=segmenting)
+                           on_run=progress, workers=args.workers, segmentation_regimes=segmenting,
+                           completed=journal.completed, on_condition=journal.add)
     demo = args.datalist is None and args.dataset_dir is None
     record["data"] = (f"demo cohort, {args.demo_subjects} subjects, seed {args.demo_seed}" if demo else "user data")
     record["quick"] = bool(args.quick)
-    record["wall_seconds"] = round(time.perf_counter() - started, 1)
+    record["invocations"] = journal.timeline(time.perf_counter() - started)
+    record["wall_seconds"] = round(sum(i["counted_seconds"] for i in record["invocations"]), 1)
     record["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
                          "torch": torch.__version__, "threads": torch.get_num_threads()}
     record["summary"], record["paired"] = summarise(record["runs"]), paired_differences(record["runs"])
     paths = write_results(record, args.output)
-    partial.unlink()
+    journal.remove()
     print(markdown_tables(record["summary"], record["paired"]))
     print(f"wall time {record['wall_seconds']:.0f} s; wrote {paths['json']}, {paths['markdown']}, {paths['figure']}")
     return record

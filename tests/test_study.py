@@ -14,6 +14,7 @@ from monai.data import get_track_meta, set_track_meta
 from monai_mri_gan.metrics import train_slice_classifier
 from monai_mri_gan.study import (
     ClassicAugmentation,
+    StudyJournal,
     StudySettings,
     SubjectLeakageError,
     SubjectSplit,
@@ -306,3 +307,50 @@ def test_workers_change_the_wall_time_not_the_record(tmp_path):
     # a condition that fails in a worker stops the study with its own error
     with pytest.raises(ValueError, match="tumour_subjects must be between 1 and"):
         run_study(datalist, tmp_path / "bad", workers=2, **{**options, "tumour_subjects": [2, 50]})
+
+
+def test_an_interrupted_study_resumes_from_its_journal_to_the_same_record(tmp_path):
+    """A study stopped after its first condition goes on from the journal: only the second condition runs again,
+    and the record equals an uninterrupted study's, run by run; another study's journal is refused."""
+    datalist = study_datalist(demo_subjects=24)
+    settings = StudySettings(image_size=32, classifier_steps=6, segmenter_steps=6, eval_every=3, patience=1)
+    options = {"painter_config": ROOT / "bundles" / "brain_tumour_painter" / "configs" / "train.json",
+               "split_seeds": [1], "tumour_subjects": [2, None], "regimes": ["oversampling"], "settings": settings}
+    whole = run_study(datalist, tmp_path / "whole", **options)
+
+    class Stop(Exception):
+        pass
+
+    path, fingerprint = tmp_path / "study.journal.jsonl", {"settings": "a", "code": "abc"}
+    journal = StudyJournal(path, fingerprint)
+
+    def stop_after_one(result):
+        journal.add(result)
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_study(datalist, tmp_path / "first", on_condition=stop_after_one, **options)
+    with path.open("a") as handle:
+        handle.write('{"condition": {"runs": [')  # the line being written when the machine went down
+    with pytest.raises(FileExistsError, match="--resume"):
+        StudyJournal(path, fingerprint)
+    with pytest.raises(ValueError, match=r"code: journal 'abc', now 'abd'"):
+        StudyJournal(path, {**fingerprint, "code": "abd"}, resume=True)
+    resumed = StudyJournal(path, fingerprint, resume=True)
+    assert len(resumed.completed) == 1 and resumed.completed[0]["condition"]["tumour_subjects"] == 2
+    seen = []
+    again = run_study(datalist, tmp_path / "again", completed=resumed.completed, on_condition=resumed.add,
+                      on_run=seen.append, **options)
+
+    def comparable(runs):
+        return [{k: v for k, v in run.items() if k != "seconds"} for run in runs]
+
+    assert again["resumed"] == 1 and {r["tumour_subjects"] for r in seen} == {"all"}  # only k = all ran again
+    assert comparable(again["runs"]) == comparable(json.loads(json.dumps(whole["runs"])))
+    assert json.loads(json.dumps(again["splits"])) == json.loads(json.dumps(whole["splits"]))
+    assert [c["tumour_subjects"] for c in again["conditions"]] == [2, "all"]
+    timeline = resumed.timeline(12.5)
+    assert [row["conditions"] for row in timeline] == [1, 1] and timeline[1]["counted_seconds"] == 12.5
+    assert timeline[0]["counted_seconds"] > 0  # the first invocation counts to its one finished condition
+    resumed.remove()
+    assert not path.exists()

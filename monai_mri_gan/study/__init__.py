@@ -18,6 +18,7 @@ from .cohort import slice_subjects, study_datalist
 from .data import StudySlices, cohort_slices, datalist_slices, slice_chain
 from .driver import NO_LESION_FLOOR, STUDY_SLICING, StudySettings, run_study
 from .gan import bundle_config, train_bundle, write_training_datalist
+from .journal import StudyJournal
 from .regimes import (
     DEFAULT_REGIMES,
     DEFAULT_SEGMENTATION_REGIMES,
@@ -48,6 +49,7 @@ __all__ = [
     "STUDY_SLICING",
     "ClassicAugmentation",
     "Regime",
+    "StudyJournal",
     "StudySettings",
     "StudySlices",
     "SubjectLeakageError",

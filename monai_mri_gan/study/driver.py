@@ -248,6 +248,7 @@ def _run_condition(study: _Study, split_seed: int, k: int | None, regimes: Seque
                    segmenting: Sequence[str], on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every regime's runs at one split and scarcity level (each passed to ``on_run`` as it is finished), and what
     the condition trained on."""
+    start = time.perf_counter()
     settings = study.settings
     split = split_subjects(study.subject_class, settings.fractions, seed=int(split_seed))
     held_out = {"validation": study.part(split.validation), "test": study.part(split.test)}
@@ -281,7 +282,7 @@ def _run_condition(study: _Study, split_seed: int, k: int | None, regimes: Seque
                           "real_training_slices": len(condition.real),
                           "real_tumour_slices": int(condition.real.classes.sum()),
                           "synthetic_slices": {s: len(v) for s, v in condition.synthetic.items()},
-                          "timings": condition.timings},
+                          "timings": condition.timings, "seconds": time.perf_counter() - start},
             "cohort": {"subjects": len(study.subject_class), "tumour_subjects": sum(study.subject_class.values()),
                        "slices": len(study.cohort), "tumour_slices": int(study.classes.sum()),
                        "load_seconds": study.load_seconds}}
@@ -304,13 +305,14 @@ def _worker_condition(split_seed: int, k: int | None, regimes: Sequence[str], ta
 
 
 def _in_workers(workers: int, threads: int, study_args: tuple, conditions: Sequence[tuple],
-                on_run: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+                on_run: Callable[[dict[str, Any]], None] | None,
+                on_condition: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run ``conditions`` (the arguments of :func:`_worker_condition`) in spawned worker processes.
 
-    Results come back in the order of ``conditions``; ``on_run`` sees each condition's runs as soon as every
-    earlier condition is done too. The first condition that fails stops the study at once: the conditions not
-    started are cancelled and the workers stopped (a study of an hour must not run on for an hour to report an
-    error its first minutes met), and its error is raised here.
+    Results come back in the order of ``conditions``; ``on_condition`` sees each condition's result as soon as it is
+    finished, ``on_run`` its runs as soon as every earlier condition is done too. The first condition that fails
+    stops the study at once: the conditions not started are cancelled and the workers stopped (a study of an hour
+    must not run on for an hour to report an error its first minutes met), and its error is raised here.
     """
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
                                initargs=(threads, *study_args))
@@ -320,6 +322,8 @@ def _in_workers(workers: int, threads: int, study_args: tuple, conditions: Seque
         futures = {pool.submit(_worker_condition, *arguments): i for i, arguments in enumerate(conditions)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
+            if on_condition is not None:
+                on_condition(results[futures[future]])
             while reported in results:
                 for run in results[reported]["runs"] if on_run is not None else ():
                     on_run(run)
@@ -349,6 +353,8 @@ def run_study(
     on_run: Callable[[dict[str, Any]], None] | None = None,
     workers: int = 1,
     segmentation_regimes: Sequence[str] | None = None,
+    completed: Sequence[Mapping[str, Any]] = (),
+    on_condition: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the study: for each subject split and scarcity level, train every regime's models and score them on test.
 
@@ -385,11 +391,17 @@ def run_study(
         workers: processes that run conditions side by side.
         segmentation_regimes: the regimes of ``regimes`` that also train a segmenter (None: every one that can;
             class weights and whole-slice GAN samples cannot).
+        completed: results of conditions an earlier, interrupted run of the same study finished (as ``on_condition``
+            received them): those conditions are not run again, and their results take their place in the record.
+            The caller vouches that they come from the same data, settings and code
+            (:class:`~monai_mri_gan.study.journal.StudyJournal` checks it).
+        on_condition: called with each condition's result (its runs, split and condition record) as soon as it is
+            finished, in any order: what a resumed study passes back as ``completed``.
 
     Returns:
         ``runs`` (one record per model run: task, split, tumour_subjects, regime, seed, metrics, curve, seconds),
-        ``splits`` (the subject ids of each split), ``settings``, ``conditions`` (training subjects and timings)
-        and ``seconds``.
+        ``splits`` (the subject ids of each split), ``settings``, ``conditions`` (training subjects and timings),
+        ``resumed`` (how many conditions came from ``completed``) and ``seconds`` (this call's wall time).
 
     Raises:
         ValueError: for an unknown regime or task, a segmentation regime that is not run or cannot segment, a
@@ -413,18 +425,25 @@ def run_study(
     slicing = dict(slicing if slicing is not None else STUDY_SLICING)
     study_args = (datalist, Path(output_dir), painter_config, whole_slice_config, settings, slicing, crop_size)
     conditions = [(int(split_seed), k) for split_seed in split_seeds for k in tumour_subjects]
-    if int(workers) == 1:
+    earlier = {(int(r["condition"]["split"]), r["condition"]["tumour_subjects"]): r for r in completed}
+    todo = [(seed, k) for seed, k in conditions if (seed, _level(k)) not in earlier]
+    fresh: list[dict[str, Any]] = []
+    if todo and int(workers) == 1:
         study = _Study(*study_args)
-        done = [_run_condition(study, split_seed, k, chosen, tasks, segmenting, on_run)
-                for split_seed, k in conditions]
-    else:
+        for split_seed, k in todo:
+            fresh.append(_run_condition(study, split_seed, k, chosen, tasks, segmenting, on_run))
+            if on_condition is not None:
+                on_condition(fresh[-1])
+    elif todo:
         threads = max(1, torch.get_num_threads() // int(workers))
         names = [r.name for r in chosen]
-        done = _in_workers(int(workers), threads, study_args, [(seed, k, names, list(tasks), segmenting)
-                                                               for seed, k in conditions], on_run)
+        fresh = _in_workers(int(workers), threads, study_args, [(seed, k, names, list(tasks), segmenting)
+                                                                for seed, k in todo], on_run, on_condition)
+    finished = {**earlier, **{(seed, _level(k)): r for (seed, k), r in zip(todo, fresh, strict=True)}}
+    done = [finished[(seed, _level(k))] for seed, k in conditions]
     splits = list({r["split"]["split"]: r["split"] for r in done}.values())
     return {"runs": [run for r in done for run in r["runs"]], "splits": splits, "settings": asdict(settings),
             "slicing": slicing, "regimes": [r.name for r in chosen], "segmentation_regimes": segmenting,
             "tasks": list(tasks),
             "conditions": [r["condition"] for r in done], "cohort": done[0]["cohort"] if done else {},
-            "seconds": time.perf_counter() - start}
+            "resumed": len(conditions) - len(todo), "seconds": time.perf_counter() - start}
