@@ -36,6 +36,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def comparable(runs):
+    """Run records without their timings: what must not depend on workers or interruptions."""
+    return [{k: v for k, v in run.items() if k != "seconds"} for run in runs]
+
+
 def _cohort_like(num_subjects=20, num_tumour=6, slices=10, tumour_slices=4):
     """Subject ids and classes of slices: tumour subjects have ``tumour_slices`` tumour slices each."""
     subjects, classes = [], []
@@ -295,9 +300,6 @@ def test_workers_change_the_wall_time_not_the_record(tmp_path):
     seen = []
     two = run_study(datalist, tmp_path / "two", workers=2, on_run=seen.append, **options)
 
-    def comparable(runs):
-        return [{k: v for k, v in run.items() if k != "seconds"} for run in runs]
-
     assert len(one["runs"]) == 2 * 3  # per level: the no-lesion floor, a classifier and a segmenter
     assert comparable(one["runs"]) == comparable(two["runs"]) == comparable(seen)  # every run reported, in order
     assert one["splits"] == two["splits"] and one["cohort"]["slices"] == two["cohort"]["slices"]
@@ -341,9 +343,6 @@ def test_an_interrupted_study_resumes_from_its_journal_to_the_same_record(tmp_pa
     seen = []
     again = run_study(datalist, tmp_path / "again", completed=resumed.completed, on_condition=resumed.add,
                       on_run=seen.append, **options)
-
-    def comparable(runs):
-        return [{k: v for k, v in run.items() if k != "seconds"} for run in runs]
 
     assert again["resumed"] == 1 and {r["tumour_subjects"] for r in seen} == {"all"}  # only k = all ran again
     assert comparable(again["runs"]) == comparable(json.loads(json.dumps(whole["runs"])))
