@@ -14,6 +14,7 @@ from .datasets import (
 from .demo import DEMO_CLASSES, demo_cohort, make_demo_cohort, render_demo_figure
 from .discovery import Datalist, build_datalist, discover_volumes, load_datalist, resolve_datalist, subject_id
 from .lesion_crops import LesionCrops
+from .placement import healthy_positions, place_in_bases
 from .readers import SimpleITKReader
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "demo_cohort",
     "discover_volumes",
     "find_data_error",
+    "healthy_positions",
     "load_datalist",
     "make_demo_cohort",
+    "place_in_bases",
     "render_demo_figure",
     "resolve_datalist",
     "slice_transforms",

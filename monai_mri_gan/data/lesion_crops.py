@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..transforms import crop_plane, lesion_components, lesion_window
+from ..transforms import LESION_JOIN_MM, crop_plane, lesion_components, lesion_window, slice_spacing
 
 __all__ = ["LesionCrops"]
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class LesionCrops(torch.utils.data.Dataset):
-    """One ``crop_size`` x ``crop_size`` crop per tumour lesion (connected component) of a cohort's slices.
+    """One ``crop_size`` x ``crop_size`` crop per tumour lesion of a cohort's slices.
 
     Each crop is centred on its lesion's bounding box and moved inside the slice (:func:`~monai_mri_gan.transforms.
     lesion_window`, as synthesis and evaluation place their windows), at the slice's native resolution, and holds
@@ -32,12 +32,15 @@ class LesionCrops(torch.utils.data.Dataset):
             (``image_size=None``), with their ``label`` masks; items without one are skipped.
         crop_size: ``S``, a multiple of 16 (the painter's U-Net halves it four times).
         min_voxels: lesions with fewer pixels are ignored.
+        join_mm: components nearer than this to one another are one lesion, with one crop
+            (:func:`~monai_mri_gan.transforms.lesion_components`, at the slice's spacing); 0: a crop per component.
 
     Raises:
         ValueError: when ``crop_size`` is not a positive multiple of 16, or no slice holds a lesion.
     """
 
-    def __init__(self, slices: Sequence[Mapping[str, Any]], crop_size: int = 80, min_voxels: int = 20) -> None:
+    def __init__(self, slices: Sequence[Mapping[str, Any]], crop_size: int = 80, min_voxels: int = 20,
+                 join_mm: float = LESION_JOIN_MM) -> None:
         if crop_size < 16 or crop_size % 16:
             raise ValueError(f"crop_size must be a positive multiple of 16, got {crop_size}.")
         images, labels, self.subjects = [], [], []
@@ -49,7 +52,8 @@ class LesionCrops(torch.utils.data.Dataset):
             image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor)[0, ..., 0].float()
             label = torch.as_tensor(item["label"]).as_subclass(torch.Tensor)[0, ..., 0].long()
             background = float(getattr(item["image"], "meta", {}).get("norm_out_low", -1.0))
-            for rows, cols in lesion_components(label.numpy(), min_voxels=min_voxels):
+            spacing = slice_spacing(item["image"])
+            for rows, cols in lesion_components(label.numpy(), min_voxels, spacing, join_mm):
                 size = (rows.stop - rows.start, cols.stop - cols.start)
                 if max(size) > crop_size:
                     self.oversized += 1

@@ -14,6 +14,7 @@ from .intensity import (
 from .lesions import (
     BRAIN_MARGIN_MM,
     HEAD_MARGIN_MM,
+    LESION_JOIN_MM,
     Lesion,
     LesionBank,
     PlacedLesion,
@@ -25,6 +26,7 @@ from .lesions import (
     lesion_components,
     lesion_window,
     paste_lesion,
+    slice_spacing,
 )
 from .morphology import component_ids, fill_holes, head_region
 from .slices import (
@@ -40,6 +42,7 @@ from .slices import (
 __all__ = [
     "BRAIN_MARGIN_MM",
     "HEAD_MARGIN_MM",
+    "LESION_JOIN_MM",
     "NORM_META_KEYS",
     "ExtractSlices",
     "ExtractSlicesd",
@@ -69,5 +72,6 @@ __all__ = [
     "normalisation_stats",
     "otsu_threshold",
     "paste_lesion",
+    "slice_spacing",
     "slice_to_volume_transform",
 ]

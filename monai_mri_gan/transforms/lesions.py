@@ -39,6 +39,7 @@ from .morphology import component_ids, fill_holes
 __all__ = [
     "BRAIN_MARGIN_MM",
     "HEAD_MARGIN_MM",
+    "LESION_JOIN_MM",
     "Lesion",
     "LesionBank",
     "PlaceLesion",
@@ -47,15 +48,20 @@ __all__ = [
     "blend_weights",
     "composite",
     "crop_plane",
+    "head_box",
     "lesion_components",
     "lesion_window",
     "paste_lesion",
+    "slice_spacing",
 ]
 
 #: Default least distance (mm) between a lesion's blend band and the edge of a brain mask.
 BRAIN_MARGIN_MM = 8.0
 #: Default least distance (mm) from the edge of a head mask: scalp, skull and muscle of a T1 that keeps its skull.
-HEAD_MARGIN_MM = 24.0
+HEAD_MARGIN_MM = 12.0
+#: Default distance (mm) within which the components of a label map are one lesion (the bank's and the crops'
+#: unit): the oedema islands of one tumour lie a few millimetres apart, distinct tumours farther.
+LESION_JOIN_MM = 8.0
 
 
 def _distance_sq(mask: torch.Tensor, spacing: Sequence[float], reach: float, outside: bool) -> torch.Tensor:
@@ -121,7 +127,7 @@ def _plane(x: Any) -> np.ndarray:
     return arr
 
 
-def _slice_spacing(img: Any) -> tuple[float, float]:
+def slice_spacing(img: Any) -> tuple[float, float]:
     """In-plane pixel spacing (mm) of a slice: the norms of the first two columns of its affine's 3x3 part."""
     affine = getattr(img, "affine", None)
     if affine is None:
@@ -131,21 +137,45 @@ def _slice_spacing(img: Any) -> tuple[float, float]:
     return row_mm, col_mm
 
 
+def _left_right_axis(affine: Any) -> int | None:
+    """The in-plane axis (0 rows, 1 columns) of a slice whose direction is within 45 degrees of left-right (RAS x),
+    or None."""
+    columns = np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64)[:3, :2]
+    alignment = np.abs(columns[0]) / np.linalg.norm(columns, axis=0)
+    axis = int(np.argmax(alignment))
+    return axis if alignment[axis] > math.sqrt(0.5) else None
+
+
 def _source_path(img: Any) -> str:
     """The ``filename_or_obj`` of ``img``'s meta, or ``"<unknown>"``."""
     meta = getattr(img, "meta", None) or {}
     return str(meta.get("filename_or_obj") or "<unknown>")
 
 
-def _components(labels: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[tuple[float, tuple[slice, slice]]]]:
-    """Component ids of ``labels != 0`` and, for each component of at least ``min_voxels`` pixels, its id and box."""
+def _components(labels: np.ndarray, min_voxels: int, spacing: Sequence[float] = (1.0, 1.0),
+                join_mm: float = 0.0) -> tuple[np.ndarray, list[tuple[float, tuple[slice, slice]]]]:
+    """Lesion ids of ``labels != 0`` and, for each lesion of at least ``min_voxels`` pixels, its id and box.
+
+    A lesion is a connected component (8-connectivity), or with ``join_mm`` > 0 the components that come within
+    ``join_mm`` of one another: each component is grown by a disc of half that radius (in mm, at ``spacing``) and the
+    grown components that touch are one lesion. Only lesion pixels carry its id.
+    """
     mask = np.asarray(labels) != 0
     ids = np.zeros(mask.shape)
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     if rows.size:
-        # labelling costs a pass per pixel of a component's extent: label the lesions' bounding box only
-        box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-        ids[box] = component_ids(torch.as_tensor(mask[box])).numpy()
+        disc = (_offsets_sq(spacing, join_mm / 2) <= (join_mm / 2) ** 2).numpy() if join_mm > 0 else np.ones((1, 1))
+        pad = (disc.shape[0] // 2, disc.shape[1] // 2)
+        # labelling costs a pass per pixel of a component's extent: label the lesions' bounding box (grown) only
+        box = (slice(max(rows[0] - pad[0], 0), rows[-1] + 1 + pad[0]),
+               slice(max(cols[0] - pad[1], 0), cols[-1] + 1 + pad[1]))
+        own = mask[box]
+        grown = own
+        if join_mm > 0:
+            # dilation is the erosion of the complement; padding keeps the slice's edge from counting as lesion
+            padded = np.pad(~own, ((pad[0], pad[0]), (pad[1], pad[1])), constant_values=True)
+            grown = ~_erode(padded, disc)[pad[0] : pad[0] + own.shape[0], pad[1] : pad[1] + own.shape[1]]
+        ids[box] = np.where(own, component_ids(torch.as_tensor(grown)).numpy(), 0.0)
     values, counts = np.unique(ids[ids > 0], return_counts=True)
     found = []
     for value in values[counts >= min_voxels]:
@@ -156,20 +186,31 @@ def _components(labels: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[t
     return ids, found
 
 
-def lesion_components(labels: NdarrayOrTensor, min_voxels: int = 20) -> list[tuple[slice, slice]]:
-    """Bounding boxes of the connected components (8-connectivity) of ``labels != 0`` with at least ``min_voxels`` px.
+def lesion_components(labels: NdarrayOrTensor, min_voxels: int = 20, spacing: Sequence[float] = (1.0, 1.0),
+                      join_mm: float = 0.0) -> list[tuple[slice, slice]]:
+    """Bounding boxes of the lesions of a label map: connected components (8-connectivity) of ``labels != 0``, with
+    those nearer than ``join_mm`` to one another taken as one lesion, each of at least ``min_voxels`` px.
+
+    Joining matters for real tumours: oedema that follows white matter breaks, on many slices, into islands a few
+    millimetres from the tumour's main body. Counted apart, each island would be a lesion of its own: a crop centred
+    on it, or an island pasted alone into a healthy slice, with no tumour beside it (see :data:`LESION_JOIN_MM`).
 
     Args:
         labels: ``(H, W)`` label map (0 = no lesion), numpy or torch.
-        min_voxels: smaller components are left out.
+        min_voxels: smaller lesions (all their components together) are left out.
+        spacing: the pixel spacing in mm, (rows, columns), that ``join_mm`` is measured at.
+        join_mm: components whose pixels come within this distance of each other are one lesion; 0: every
+            component is a lesion.
 
     Returns:
-        one ``(rows, cols)`` pair of slices per component, tight around it, ordered by their top-left corner.
+        one ``(rows, cols)`` pair of slices per lesion, tight around it, ordered by their top-left corner.
     """
     labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"expected a (H, W) label map, got shape {labels.shape}.")
-    return [box for _, box in _components(labels, int(min_voxels))[1]]
+    if join_mm < 0 or min(spacing) <= 0:
+        raise ValueError(f"join_mm must be non-negative and spacing positive, got {join_mm} and {tuple(spacing)}.")
+    return [box for _, box in _components(labels, int(min_voxels), spacing, float(join_mm))[1]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,12 +223,19 @@ class Lesion:
         image: ``(h, w)`` float32 training-space intensities of the slice on the same box, for copy-paste.
         spacing: the source slice's in-plane pixel spacing in mm, (rows, columns).
         source: a caller-given id of the source slice (never a path), e.g. ``"<subject>:<slice_index>"``.
+        position: where the centre of the box sat in its source slice's head, ``(row, column)`` in head-box units:
+            -1 and 1 are the edges of the head's bounding box, 0 its centre (see :func:`head_box`); None: unknown,
+            and :class:`PlaceLesion`'s location prior does not apply to it.
+        head_mm: the size of the head's section in the source slice: the geometric mean (mm) of its bounding box's
+            sides (see :func:`head_box`); None: unknown.
     """
 
     labels: np.ndarray
     image: np.ndarray
     spacing: tuple[float, float]
     source: str
+    position: tuple[float, float] | None = None
+    head_mm: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,7 +250,9 @@ class PlacedLesion:
         params: everything drawn, JSON-ready: ``lesion_index``, ``lesion_source``, ``angle_deg``, ``flip``,
             ``scale``, ``elastic`` (``{"sigma_mm", "magnitude_mm", "seed"}`` or None), ``centre_px`` (where the
             centre of the lesion's source box landed), ``bbox_px`` (``[r0, r1, c0, c1]``, half-open, of the placed
-            labels), ``source_spacing_mm``, ``base_spacing_mm`` and ``tries`` (lesions drawn until one fitted).
+            labels), ``source_spacing_mm``, ``base_spacing_mm``, ``location`` (the location prior's draw:
+            ``target`` in head-box units, ``mirrored``, ``sigma`` and the frame's ``frame_centre_px`` and
+            ``frame_half_px``; None without one) and ``tries`` (transforms drawn until one fitted).
     """
 
     labels: np.ndarray
@@ -233,8 +283,8 @@ class LesionBank:
     @classmethod
     def from_slices(cls, items: Iterable[Mapping], min_voxels: int = 20, margin: int = 8, image_key: str = "image",
                     label_key: str = "label", source_key: str | None = None,
-                    core_labels: Sequence[int] | None = None) -> LesionBank:
-        """Cut every lesion (connected component of the label) out of slice items as :class:`SliceCohort` serves them.
+                    core_labels: Sequence[int] | None = None, join_mm: float = LESION_JOIN_MM) -> LesionBank:
+        """Cut every lesion out of slice items as :class:`SliceCohort` serves them (see :func:`lesion_components`).
 
         Args:
             items: slice items whose ``image_key`` and ``label_key`` are ``(1, H, W, 1)`` slices with a 4x4 affine
@@ -250,6 +300,8 @@ class LesionBank:
                 if it holds ``min_voxels`` pixels of them, so that every lesion placed makes its base a tumour slice
                 by the rule real slices are classed by. Without it, a component of oedema alone (BraTS label 2)
                 would be pasted and labelled tumour while holding no tumour core. None: any label counts.
+            join_mm: components of a slice's label nearer than this to one another are one lesion (a tumour and its
+                oedema islands are cut, placed and pasted together); 0: each component is a lesion.
 
         Returns:
             the bank, lesions in the order of the items and, within a slice, of their top-left corners.
@@ -268,18 +320,21 @@ class LesionBank:
             if not np.array_equal(labels, np.rint(labels)):
                 raise ValueError(f"{source}: the label holds non-integer values; was it interpolated other than by "
                                  "nearest neighbour?")
-            ids, found = _components(labels, int(min_voxels))
+            spacing = slice_spacing(item[image_key])
+            ids, found = _components(labels, int(min_voxels), spacing, float(join_mm))
             if not found:
                 continue
             image = _plane(item[image_key]).astype(np.float32)
-            spacing = _slice_spacing(item[image_key])
+            frame = head_box(fill_holes(head_foreground(image)))
             for value, (rows, cols) in found:
-                box = (slice(max(rows.start - margin, 0), rows.stop + margin),
-                       slice(max(cols.start - margin, 0), cols.stop + margin))
+                box = (slice(max(rows.start - margin, 0), min(rows.stop + margin, labels.shape[0])),
+                       slice(max(cols.start - margin, 0), min(cols.stop + margin, labels.shape[1])))
                 own = np.where(ids[box] == value, labels[box], 0).astype(np.int16)
                 if core_labels is not None and np.isin(own, list(core_labels)).sum() < int(min_voxels):
                     continue
-                lesions.append(Lesion(own, image[box].copy(), spacing, source))
+                centre = np.array([(box[0].start + box[0].stop - 1) / 2, (box[1].start + box[1].stop - 1) / 2])
+                position = None if frame is None else tuple(float(v) for v in (centre - frame[0]) / frame[1])
+                lesions.append(Lesion(own, image[box].copy(), spacing, source, position, _head_mm(frame, spacing)))
         if not lesions:
             of = "" if core_labels is None else f" of labels {sorted(int(v) for v in core_labels)}"
             raise ValueError(f"no lesion of at least {min_voxels} pixels{of} in the {labelled} labelled slice(s): the "
@@ -296,6 +351,29 @@ class LesionBank:
     def label_values(self) -> tuple[int, ...]:
         """The sorted non-zero label values found in the bank, e.g. ``(1, 2, 4)`` for BraTS."""
         return self._label_values
+
+
+def head_box(head: NdarrayOrTensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """The centre and half-size, in pixels ``(row, column)``, of the bounding box of a ``(H, W)`` head mask.
+
+    The frame of :class:`Lesion` positions: a pixel ``p`` is at ``(p - centre) / half`` in head-box units, -1 and 1
+    at the box's edges, whatever the head's size, the slice's level in the head and the pixel spacing. Pixel centres
+    count, so a box of ``n`` pixels spans ``n - 1`` between its outer pixels' centres (at least 1). None for an empty
+    mask.
+    """
+    head = _plane(head).astype(bool)
+    rows, cols = np.nonzero(head.any(1))[0], np.nonzero(head.any(0))[0]
+    if not rows.size:
+        return None
+    low, high = np.array([rows[0], cols[0]], np.float64), np.array([rows[-1], cols[-1]], np.float64)
+    return (low + high) / 2, np.maximum((high - low) / 2, 0.5)
+
+
+def _head_mm(frame: tuple[np.ndarray, np.ndarray] | None, spacing: Sequence[float]) -> float | None:
+    """The geometric mean (mm) of the sides of a :func:`head_box`, or None without one."""
+    if frame is None:
+        return None
+    return float(np.sqrt(np.prod(2 * frame[1] * np.asarray(spacing, np.float64))))
 
 
 def _range(value: float | Sequence[float]) -> tuple[float, float]:
@@ -374,11 +452,15 @@ class PlaceLesion(Randomizable, Transform):
     The lesion is resampled from its own spacing to the base slice's (it keeps its size in mm), flipped (columns
     mirrored), rotated about its box centre, scaled, and optionally deformed by a smooth random displacement field:
     one sampling grid, nearest neighbour for the labels (no interpolated label values) and bilinear for the image.
-    It is then put at a position drawn uniformly among those where every pixel of positive :func:`blend_weights`
-    (the lesion dilated by ``dilate_px`` plus its ``band_px`` band) lies inside ``foreground`` eroded by
-    ``skull_margin_mm``. When no position fits, another lesion and transform are drawn, up to ``max_tries`` times;
-    when no pixel of that region is a blend band's width (``dilate_px + band_px + 1``) away from its edge, no lesion
-    can fit and it fails at once, drawing nothing.
+    It is then put at a position drawn among those where every pixel of positive :func:`blend_weights` (the lesion
+    dilated by ``dilate_px`` plus its ``band_px`` band) lies inside ``foreground`` eroded by ``skull_margin_mm``:
+    uniformly, or with ``location_sigma`` near where the lesion sat in its own head (its :attr:`Lesion.position`, put
+    into the base slice's head box, mirrored left-right with ``mirror_prob``): each position weighs
+    ``exp(-d^2 / (2 location_sigma^2))``, ``d`` its distance from that target in head-box units. When no position
+    fits, another transform of the *same* lesion is drawn, up to ``max_tries`` times: drawing another lesion instead
+    would favour the small lesions that fit anywhere, and the placed lesions would be smaller than the bank's (on
+    the demo cohort a median of 162 px against 284). When no pixel of that region is a blend band's width
+    (``dilate_px + band_px + 1``) away from its edge, no lesion can fit and it fails at once, drawing nothing.
 
     An angle ``a`` moves a point at offset ``(r, c)`` from the centre to ``(r cos a - c sin a, r sin a + c cos a)``: 90
     degrees is ``numpy.rot90`` with ``k=1`` (at equal spacing). The elastic field is uniform noise in [-1, 1] smoothed
@@ -396,11 +478,24 @@ class PlaceLesion(Randomizable, Transform):
         elastic_magnitude_range: ``(low, high)`` largest displacement (mm) of the field.
         skull_margin_mm: least distance (mm) between the lesion's blend band and the foreground's edge.
         band_px: width of the blend band (see :func:`blend_weights`).
-        max_tries: lesions (with their transforms) drawn before giving up.
+        max_tries: transforms of the drawn lesion tried before giving up.
         dilate_px: dilation of the lesion before the band (see :func:`blend_weights`).
+        location_sigma: spread (head-box units: 1 is half the head's extent) of the positions around the lesion's
+            own; None: uniform over the positions that fit. Lesions without a position are placed uniformly.
+        mirror_prob: probability of mirroring the target across the head's midline, along ``mirror_axis`` of
+            :meth:`__call__` (tumours occur in either hemisphere).
+        section_tolerance: a lesion goes only into a slice whose head section (:attr:`Lesion.head_mm`, measured
+            alike) is within this of its own on a log scale, ``|log(base / source)|``: 0.1 is about 10 %, so that a
+            lesion cut from a slice through the middle of a head is not put into one that grazes its top (where
+            the skull is cut tangentially and the brain is small); other slices raise ``ValueError``. None: any.
+
+    The defaults (``location_sigma`` 0.1, ``section_tolerance`` 0.1) were chosen on the demo cohort with the
+    copy-paste comparator, whose pixels are real tumour: its lesion crops' KID against held-out real crops fell from
+    31.6 (uniform placement, any level) to 0.88; see ``docs/painting.md``.
 
     Raises:
-        ValueError: on an empty range, a probability outside [0, 1], a non-positive scale or ``max_tries`` < 1.
+        ValueError: on an empty range, a probability outside [0, 1], a non-positive scale, ``location_sigma`` or
+            ``section_tolerance``, or ``max_tries`` < 1.
     """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]
@@ -409,14 +504,20 @@ class PlaceLesion(Randomizable, Transform):
                  scale_range: tuple[float, float] = (0.8, 1.25), elastic_prob: float = 0.5,
                  elastic_sigma_range: tuple[float, float] = (5.0, 7.0),
                  elastic_magnitude_range: tuple[float, float] = (1.0, 3.0), skull_margin_mm: float = BRAIN_MARGIN_MM,
-                 band_px: int = 4, max_tries: int = 100, dilate_px: int = 2) -> None:
+                 band_px: int = 4, max_tries: int = 100, dilate_px: int = 2, location_sigma: float | None = 0.1,
+                 mirror_prob: float = 0.5, section_tolerance: float | None = 0.1) -> None:
         self.bank = bank
         self.rotate_range = _range(rotate_range)
         self.scale_range = _range(scale_range)
         self.elastic_sigma_range = _range(elastic_sigma_range)
         self.elastic_magnitude_range = _range(elastic_magnitude_range)
-        if not (0.0 <= flip_prob <= 1.0 and 0.0 <= elastic_prob <= 1.0):
-            raise ValueError(f"flip_prob and elastic_prob must be in [0, 1], got {flip_prob} and {elastic_prob}.")
+        if not all(0.0 <= p <= 1.0 for p in (flip_prob, elastic_prob, mirror_prob)):
+            raise ValueError(f"flip_prob, elastic_prob and mirror_prob must be in [0, 1], got {flip_prob}, "
+                             f"{elastic_prob} and {mirror_prob}.")
+        if section_tolerance is not None and not section_tolerance > 0:
+            raise ValueError(f"section_tolerance must be positive (or None), got {section_tolerance}.")
+        if location_sigma is not None and not location_sigma > 0:
+            raise ValueError(f"location_sigma must be positive (or None for uniform placement), got {location_sigma}.")
         if self.scale_range[0] <= 0 or self.elastic_sigma_range[0] <= 0 or self.elastic_magnitude_range[0] < 0:
             raise ValueError("scales and elastic sigmas must be positive and elastic magnitudes non-negative.")
         if max_tries < 1 or band_px < 0 or dilate_px < 0 or skull_margin_mm < 0:
@@ -427,13 +528,20 @@ class PlaceLesion(Randomizable, Transform):
         self.band_px = int(band_px)
         self.dilate_px = int(dilate_px)
         self.max_tries = int(max_tries)
+        self.location_sigma = None if location_sigma is None else float(location_sigma)
+        self.mirror_prob = float(mirror_prob)
+        self.section_tolerance = None if section_tolerance is None else float(section_tolerance)
         self._draw: dict[str, Any] | None = None
         self._corner: tuple[int, int] | None = None
+        self._location: dict[str, Any] | None = None
         self._sources: dict[int, torch.Tensor] = {}
 
     def randomize(self, data: Any = None) -> None:
         """Draw a lesion and its transform (not its position, which depends on the base slice)."""
-        index = int(self.R.randint(len(self.bank)))
+        self._randomize_transform(int(self.R.randint(len(self.bank))))
+
+    def _randomize_transform(self, index: int) -> None:
+        """Draw a transform of bank lesion ``index``."""
         angle = float(self.R.uniform(*self.rotate_range))
         flip = bool(self.R.rand() < self.flip_prob)
         scale = float(np.exp(self.R.uniform(*np.log(self.scale_range))))
@@ -510,7 +618,9 @@ class PlaceLesion(Randomizable, Transform):
         field = field * (elastic["magnitude_mm"] / longest)
         return field / torch.as_tensor(spacing, dtype=torch.float64).view(2, 1, 1)
 
-    def __call__(self, foreground: NdarrayOrTensor, spacing: Sequence[float], randomize: bool = True) -> PlacedLesion:
+    def __call__(self, foreground: NdarrayOrTensor, spacing: Sequence[float], randomize: bool = True, *,
+                 lesion_index: int | None = None, head: NdarrayOrTensor | None = None,
+                 mirror_axis: int | None = None) -> PlacedLesion:
         """Place a lesion into a base slice.
 
         Args:
@@ -518,29 +628,75 @@ class PlaceLesion(Randomizable, Transform):
             spacing: the base slice's in-plane pixel spacing in mm, (rows, columns).
             randomize: draw a new lesion, transform and position; False places the last drawn one again, at the
                 same position.
+            lesion_index: the bank lesion to place (its transform and position are drawn); None: drawn.
+            head: ``(H, W)`` head mask whose bounding box is the frame of the location prior (:func:`head_box`), as
+                the bank's positions were measured; None: ``foreground``'s box.
+            mirror_axis: the in-plane axis (0 rows, 1 columns) that runs left-right, across which the location
+                prior's target is mirrored with ``mirror_prob``; None: never mirrored.
 
         Returns:
             the placed lesion on the base grid, with everything drawn in its ``params``.
 
         Raises:
-            ValueError: when no lesion can fit, or no drawn lesion fits after ``max_tries`` tries (or the last placement
-                does not fit this foreground, with ``randomize=False``), naming the sizes involved.
+            ValueError: when no lesion can fit, or the drawn lesion fits under none of ``max_tries`` transforms (or
+                the last placement does not fit this foreground, with ``randomize=False``), naming the sizes involved.
         """
         foreground = _plane(foreground).astype(bool)
         spacing = (float(spacing[0]), float(spacing[1]))
         if min(spacing) <= 0:
             raise ValueError(f"spacing must be positive, got {spacing}.")
+        if lesion_index is not None and not 0 <= int(lesion_index) < len(self.bank):
+            raise ValueError(f"lesion_index {lesion_index} is not in the bank of {len(self.bank)} lesions.")
+        if mirror_axis not in (None, 0, 1):
+            raise ValueError(f"mirror_axis must be 0, 1 or None, got {mirror_axis}.")
         threads = torch.get_num_threads()
         # placement is many small torch ops (FFTs, a smoothing product, grid sampling): spreading each over the
         # intra-op threads costs more than it saves, and on a busy machine every op then waits for a descheduled one
         torch.set_num_threads(1)
         try:
-            return self._place(foreground, spacing, randomize)
+            return self._place(foreground, spacing, randomize, lesion_index, foreground if head is None else
+                               _plane(head).astype(bool), mirror_axis)
         finally:
             torch.set_num_threads(threads)
 
-    def _place(self, foreground: np.ndarray, spacing: tuple[float, float], randomize: bool) -> PlacedLesion:
-        """:meth:`__call__` for a bool ``foreground`` and a positive ``spacing``."""
+    def _target(self, index: int, frame: tuple[np.ndarray, np.ndarray] | None,
+                mirror_axis: int | None) -> dict[str, Any] | None:
+        """The location prior's draw for bank lesion ``index``: its target in head-box units, mirrored or not."""
+        position = self.bank[index].position
+        if self.location_sigma is None or position is None or frame is None:
+            return None
+        mirrored = mirror_axis is not None and bool(self.R.rand() < self.mirror_prob)
+        target = [float(v) for v in position]
+        if mirrored:
+            target[mirror_axis] = -target[mirror_axis]
+        return {"target": target, "mirrored": mirrored, "sigma": self.location_sigma,
+                "frame_centre_px": [float(v) for v in frame[0]], "frame_half_px": [float(v) for v in frame[1]]}
+
+    def _check_section(self, index: int, frame: tuple[np.ndarray, np.ndarray] | None,
+                       spacing: tuple[float, float]) -> None:
+        """Refuse a base slice whose head section is not within ``section_tolerance`` of the lesion's source's."""
+        source, base = self.bank[index].head_mm, _head_mm(frame, spacing)
+        if self.section_tolerance is None or source is None or base is None:
+            return
+        if abs(math.log(base / source)) > self.section_tolerance:
+            raise ValueError(f"lesion {index} ({self.bank[index].source}) comes from a head section of {source:.0f} mm "
+                             f"and this slice's is {base:.0f} mm, beyond the section tolerance "
+                             f"({self.section_tolerance:g}): another level of the head than the lesion's.")
+
+    def _choose(self, corners: torch.Tensor, centre: tuple[int, int], location: dict[str, Any] | None) -> int:
+        """Draw one of the fitting ``corners``: uniformly, or weighted by the location prior around its target."""
+        if location is None:
+            return int(self.R.randint(len(corners)))
+        centres = corners.numpy().astype(np.float64) + np.asarray(centre, np.float64)
+        units = (centres - np.asarray(location["frame_centre_px"])) / np.asarray(location["frame_half_px"])
+        d2 = ((units - np.asarray(location["target"])) ** 2).sum(1)
+        # relative to the nearest fitting position, so that a target outside the room still gives finite weights
+        weights = np.exp(-(d2 - d2.min()) / (2 * self.location_sigma**2))
+        return int(self.R.choice(len(corners), p=weights / weights.sum()))
+
+    def _place(self, foreground: np.ndarray, spacing: tuple[float, float], randomize: bool, lesion_index: int | None,
+               head: np.ndarray, mirror_axis: int | None) -> PlacedLesion:
+        """:meth:`__call__` for a bool ``foreground`` and ``head`` and a positive ``spacing``."""
         shape = f"{foreground.shape[0]}x{foreground.shape[1]}"
         allowed = self._allowed(foreground, spacing)
         where = f"inside the foreground of this {shape} slice eroded by {self.skull_margin_mm:g} mm"
@@ -556,24 +712,28 @@ class PlaceLesion(Randomizable, Transform):
                 raise ValueError(f"the last placement does not fit {where}.")
             return self._placed(labels, image, centre, foreground.shape, spacing, tries=1)
         if not bool(room.centres.any()):
-            # no lesion pixel can go anywhere: drawing max_tries lesions would only confirm it
+            # no lesion pixel can go anywhere: drawing max_tries transforms would only confirm it
             raise ValueError(f"no room for a lesion and its blend band ({self.dilate_px + self.band_px + 1} px): "
                              f"{int(allowed.sum())} px are left {where}, none as far from its edge.")
+        index = int(self.R.randint(len(self.bank))) if lesion_index is None else int(lesion_index)
+        frame = head_box(head)
+        self._check_section(index, frame, spacing)
+        self._location = self._target(index, frame, mirror_axis)
         smallest = None
         for tries in range(1, self.max_tries + 1):
-            self.randomize()
+            self._randomize_transform(index)
             labels, image, centre = self._transform(spacing)
             if not labels.size:
                 continue
             corners = room.corners(labels)
             if len(corners):
-                self._corner = tuple(int(v) for v in corners[int(self.R.randint(len(corners)))])
+                self._corner = tuple(int(v) for v in corners[self._choose(corners, centre, self._location)])
                 return self._placed(labels, image, centre, foreground.shape, spacing, tries)
             if smallest is None or labels.size < smallest[0] * smallest[1]:
                 smallest = labels.shape
         size = "" if smallest is None else f" (the smallest, with its blend band, {smallest[0]}x{smallest[1]} px)"
-        raise ValueError(f"no room for any of {self.max_tries} lesions tried{size} {where}; "
-                         f"{int(allowed.sum())} px are left there.")
+        raise ValueError(f"no room for lesion {index} ({self.bank[index].source}) under any of {self.max_tries} "
+                         f"transforms tried{size} {where}; {int(allowed.sum())} px are left there.")
 
     def _placed(self, labels: np.ndarray, image: np.ndarray, centre: tuple[int, int], shape: tuple[int, int],
                 spacing: tuple[float, float], tries: int) -> PlacedLesion:
@@ -593,6 +753,7 @@ class PlaceLesion(Randomizable, Transform):
             "bbox_px": [int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1],
             "source_spacing_mm": [float(s) for s in lesion.spacing],
             "base_spacing_mm": list(spacing),
+            "location": self._location,
             "tries": tries,
         }
         return PlacedLesion(placed_labels, placed_image, deepcopy(params))
@@ -604,12 +765,20 @@ class PlaceLesiond(Randomizable, MapTransform):
     The first present key of ``keys`` is the base slice, ``(1, H, W, 1)`` with its 4x4 affine; its spacing comes from
     the affine. The placement region is ``foreground_key``'s mask when given (a brain mask), else the base slice's
     head: its Otsu :func:`~monai_mri_gan.transforms.head_foreground` with the holes filled. Lesions the item already
-    carries in ``label_key`` are kept, and new ones placed away from them (they are taken out of the region).
+    carries in ``label_key`` are kept, and new ones placed away from them (they are taken out of the region). The
+    location prior's frame is always the head's box (as the bank measured positions), and its mirror axis the
+    in-plane axis of the slice that runs nearest to left-right (from the affine; none when neither is within 45
+    degrees of it, as in a sagittal slice). An item that holds ``lesion_index_key`` gets that bank lesion (e.g. to
+    try one lesion in several base slices); otherwise the lesion is drawn.
 
     The default margin depends on the region. From a brain mask, 8 mm keeps a lesion's band off the skull. From the
     head mask of a T1 that still has its skull, scalp, skull and temporal muscle lie between the head's edge and the
-    brain: 15-24 mm in-plane at the levels where tumours sit in the demo phantom (more where a slice cuts the top or
-    the base of the skull tangentially), so the default is 24 mm there. Pass a brain mask where one exists.
+    brain: 15-24 mm in-plane in the demo phantom. Real tumours reach nearly as far out (on the demo cohort the
+    lesions' least distance from the head's edge is 15 mm, the median 23 mm), so a band margin of 24 mm kept lesions
+    from where they occur. The default is 12 mm: with the location prior and the section tolerance, which keep a
+    lesion near its own place and level, 2 of 200 placements into held-out demo slices put any lesion pixel on bone
+    (the phantom's tissue map; 0.004 % of the lesion pixels), as many as with 24 mm and uniform placement; 8 mm gave
+    6 of 200. Pass a brain mask where one exists.
 
     Writes ``label_key`` (the placed label map over any existing one, int16) and ``lesion_image_key`` (the transformed
     lesion intensities, float32), both ``(1, H, W, 1)`` ``MetaTensor`` with a copy of the base slice's affine and meta,
@@ -634,6 +803,10 @@ class PlaceLesiond(Randomizable, MapTransform):
         band_px: see :py:class:`PlaceLesion`.
         max_tries: see :py:class:`PlaceLesion`.
         dilate_px: see :py:class:`PlaceLesion`.
+        location_sigma: see :py:class:`PlaceLesion`.
+        mirror_prob: see :py:class:`PlaceLesion`.
+        section_tolerance: see :py:class:`PlaceLesion`.
+        lesion_index_key: key of an optional bank index of the lesion to place.
         allow_missing_keys: don't raise exception if key is missing.
 
     Raises:
@@ -648,7 +821,9 @@ class PlaceLesiond(Randomizable, MapTransform):
                  flip_prob: float = 0.5, scale_range: tuple[float, float] = (0.8, 1.25), elastic_prob: float = 0.5,
                  elastic_sigma_range: tuple[float, float] = (5.0, 7.0),
                  elastic_magnitude_range: tuple[float, float] = (1.0, 3.0), skull_margin_mm: float | None = None,
-                 band_px: int = 4, max_tries: int = 100, dilate_px: int = 2,
+                 band_px: int = 4, max_tries: int = 100, dilate_px: int = 2, location_sigma: float | None = 0.1,
+                 mirror_prob: float = 0.5, section_tolerance: float | None = 0.1,
+                 lesion_index_key: str = "lesion_index",
                  allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.label_key = label_key
@@ -657,8 +832,10 @@ class PlaceLesiond(Randomizable, MapTransform):
         self.placement_key = placement_key
         if skull_margin_mm is None:
             skull_margin_mm = BRAIN_MARGIN_MM if foreground_key is not None else HEAD_MARGIN_MM
+        self.lesion_index_key = lesion_index_key
         self.placer = PlaceLesion(bank, rotate_range, flip_prob, scale_range, elastic_prob, elastic_sigma_range,
-                                  elastic_magnitude_range, skull_margin_mm, band_px, max_tries, dilate_px)
+                                  elastic_magnitude_range, skull_margin_mm, band_px, max_tries, dilate_px,
+                                  location_sigma, mirror_prob, section_tolerance)
         self.placer.set_random_state(state=self.R)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> PlaceLesiond:
@@ -680,16 +857,15 @@ class PlaceLesiond(Randomizable, MapTransform):
         base = d[key]
         if not isinstance(base, MetaTensor):
             raise ValueError(f"{key!r} must be a (1, H, W, 1) MetaTensor slice with its affine.")
-        image = _plane(base)
-        if self.foreground_key is not None:
-            foreground = _plane(d[self.foreground_key]) != 0
-        else:
-            foreground = fill_holes(head_foreground(image))
+        head = fill_holes(head_foreground(_plane(base)))
+        foreground = head if self.foreground_key is None else _plane(d[self.foreground_key]) != 0
         existing = _plane(d[self.label_key]) if d.get(self.label_key) is not None else None
         if existing is not None:
             foreground = foreground & (existing == 0)
+        index = d.get(self.lesion_index_key)
         try:
-            placed = self.placer(foreground, _slice_spacing(base))
+            placed = self.placer(foreground, slice_spacing(base), lesion_index=None if index is None else int(index),
+                                 head=head, mirror_axis=_left_right_axis(base.affine))
         except ValueError as err:
             raise DataError(_source_path(base), f"slice {base.meta.get('slice_index', '?')}: {err}") from err
         labels = placed.labels if existing is None else np.where(placed.labels != 0, placed.labels, existing)
