@@ -20,6 +20,7 @@ from monai_mri_gan.handlers import PainterReportWriter
 from monai_mri_gan.metrics import (
     disjoint_halves,
     distribution_metrics,
+    feature_standardisation,
     label_map_correlation,
     masked_correlation,
     seam_band,
@@ -165,6 +166,12 @@ def test_metrics_are_finite_and_floors_use_disjoint_halves(evaluated):
     assert not set(first.tolist()) & set(second.tolist()) and len(first) == len(real) // 2
     floors = distribution_metrics(feats[first], feats[second], evaluated.kid_subsets, evaluated.kid_subset_size)
     assert {f"real_{k}": v for k, v in floors.items()} == {f"real_{k}": metrics[f"real_{k}"] for k in floors}
+    # the across-subject floor: the real training crops, standardised by the held-out ones, against the held-out
+    raw = evaluated.feature_extractor(evaluated.training_crops.images)
+    mean, scale = feature_standardisation(evaluated.feature_extractor(real.images))
+    across = distribution_metrics(feats, (raw - mean) / scale, evaluated.kid_subsets, evaluated.kid_subset_size)
+    for key, value in across.items():
+        assert metrics[f"training_{key}"] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert metrics["real_seam_gradient"] == pytest.approx(
         float(seam_gradient(real.images, real.labels, 2, 4).nanmean()))
     settings = evaluated.state.report["settings"]

@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 from monai.engines import Evaluator
 from torch import nn
 
-from ..data import LesionCrops, SliceCohort, resolve_datalist
+from ..data import LesionCrops, SliceCohort, healthy_positions, place_in_bases, resolve_datalist
 from ..errors import DataError
 from ..metrics import (
     build_feature_extractor,
@@ -43,7 +43,6 @@ __all__ = ["HELDOUT_DEMO_SEED", "LesionPainterEvaluator"]
 
 #: Seed of the demo cohort that is the default held-out data (the default training data is the seed-0 cohort).
 HELDOUT_DEMO_SEED = 1
-_SEED_RANGE = 2**31 - 1
 
 
 def _plane(image: Any) -> np.ndarray:
@@ -65,9 +64,10 @@ class LesionPainterEvaluator(Evaluator):
        cohort (the painter's own training data) gives the :class:`~monai_mri_gan.transforms.LesionBank` and the
        lesion segmenter's crops, the *held-out* cohort the real lesions and the healthy base slices;
     2. real crops: :class:`~monai_mri_gan.data.LesionCrops` of the held-out cohort (``crop_size`` from the run);
-    3. placements: sample ``i`` draws from ``numpy.random.default_rng([seed, i])`` a healthy held-out slice (class 0,
-       no mask pixel) and the seed of a :class:`~monai_mri_gan.transforms.PlaceLesiond` that puts a bank lesion
-       into it with the run's ``dilate_px`` and ``band_px`` (another slice when none fits, up to ``base_tries``);
+    3. placements: sample ``i`` draws from ``numpy.random.default_rng([seed, i])`` a bank lesion, a healthy
+       held-out slice (class 0, no mask pixel) and the seed of a :class:`~monai_mri_gan.transforms.PlaceLesiond`
+       that puts the lesion into it with the run's ``dilate_px`` and ``band_px`` (another slice for the same lesion
+       when it does not fit, up to ``base_tries``: :func:`~monai_mri_gan.data.place_in_bases`);
        the ``crop_size`` window around the placed lesion (:func:`~monai_mri_gan.transforms.lesion_window`, moved
        inside the slice) is cut from the base slice, the placed labels and the placed lesion's own intensities;
     4. painted crops: the painter (in eval mode) paints each window given
@@ -83,7 +83,10 @@ class LesionPainterEvaluator(Evaluator):
       statistics, :func:`~monai_mri_gan.metrics.feature_standardisation`). ``real_*``: the same between two
       disjoint random halves of the real crops (:func:`~monai_mri_gan.metrics.disjoint_halves`), the floor a
       perfect painter reaches. FID is biased by sample size: its floor is at ``N_real // 2`` per side, the others at
-      ``num_samples`` vs ``N_real``; KID is unbiased and compares directly;
+      ``num_samples`` vs ``N_real``; KID is unbiased and compares directly. The halves share subjects, so this
+      floor is what lesions *of the same patients* reach. ``training_*``: the same for the real *training* crops
+      against the held-out ones: real tumours of *other* patients, which is all a painter trained on them can be
+      expected to reach (on the demo cohort its KID is about a hundred times the halves' floor);
     - ``*_seam_gradient``: mean Sobel gradient magnitude (intensity units per pixel) over the blend band and the
       ring just outside it (:func:`~monai_mri_gan.metrics.seam_gradient`), averaged over crops; ``real_`` over the
       same band around the real held-out lesions; ``*_seam_ratio``: the value over the real one (1 = as smooth as
@@ -157,7 +160,7 @@ class LesionPainterEvaluator(Evaluator):
         memorisation_threshold: float = 0.95,
         min_lesion_voxels: int | None = None,
         placement: Mapping[str, Any] | None = None,
-        base_tries: int = 20,
+        base_tries: int = 100,
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
         val_handlers: Sequence | None = None,
@@ -254,19 +257,6 @@ class LesionPainterEvaluator(Evaluator):
                              "8 (more tumour subjects, or a lower tumour_min_voxels).")
         return crops
 
-    def _place(self, sample_index: int, healthy: Sequence[int], placer: PlaceLesiond) -> dict[str, Any]:
-        """One sample's base slice, with a lesion placed into it (see the class description)."""
-        rng = np.random.default_rng([self.seed, int(sample_index)])
-        for _ in range(self.base_tries):
-            position = healthy[int(rng.integers(len(healthy)))]
-            placer.set_random_state(seed=int(rng.integers(_SEED_RANGE)))
-            try:
-                return placer(self.heldout_cohort[position])
-            except DataError as err:
-                failure = err
-        raise DataError(failure.path, f"sample {sample_index}: no lesion fits into any of the {self.base_tries} "
-                                      f"base slices drawn; the last: {failure.problem}") from failure
-
     @cached_property
     def crops(self) -> dict[str, torch.Tensor]:
         """The placed lesions' windows, each ``(num_samples, 1, S, S)``, in sample order.
@@ -276,19 +266,20 @@ class LesionPainterEvaluator(Evaluator):
 
         Raises:
             ValueError: when the held-out cohort has no healthy slice.
-            DataError: when no lesion fits into any base slice drawn for a sample.
+            DataError: when a sample's lesion fits into none of the base slices drawn for it.
         """
-        healthy = [i for i, s in enumerate(self.heldout_cohort) if int(s.get("class", 0)) == 0
-                   and (s.get("label") is None or not bool(torch.as_tensor(s["label"]).any()))]
-        if not healthy:
-            raise ValueError("the held-out data has no healthy slice (class 0 without any mask pixel) to paint into.")
+        healthy = healthy_positions(self.heldout_cohort)
         placer = PlaceLesiond(self.bank, keys="image", label_key="label", dilate_px=self.dilate_px,
                               band_px=self.band_px, **self.placement)
         size, reach = (self.crop_size, self.crop_size), self.dilate_px + self.band_px
         windows: dict[str, list[np.ndarray]] = {"base": [], "labels": [], "lesion": [], "copy_paste": []}
         self.cut_lesions = 0
         for i in range(self.num_samples):
-            item = self._place(i, healthy, placer)
+            try:
+                item, *_ = place_in_bases(placer, self.heldout_cohort, healthy, np.random.default_rng([self.seed, i]),
+                                          self.base_tries)
+            except DataError as err:
+                raise DataError(err.path, f"sample {i}: {err.problem}") from err
             image, params = _plane(item["image"]), item["placement"]
             r0, r1, c0, c1 = params["bbox_px"]
             start = lesion_window(params["bbox_px"], self.crop_size, image.shape)
@@ -362,6 +353,8 @@ class LesionPainterEvaluator(Evaluator):
         first, second = disjoint_halves(len(real), self.seed)
         feats = self.real_features
         metrics = {f"real_{k}": v for k, v in self._distribution(feats[first], feats[second]).items()}
+        training = self._distribution(feats, self.features(self.training_crops.images))
+        metrics.update({f"training_{k}": v for k, v in training.items()})
         metrics["real_seam_gradient"] = self.real_seam_gradient
         metrics["real_dice"] = _mean(segmentation_dice(self.segmenter, real.images, real.labels))
         metrics.update(self._lesion_metrics("copy_paste", crops["copy_paste"]))

@@ -38,7 +38,7 @@ import torch
 from monai.transforms import Compose
 from monai.utils import convert_to_numpy
 
-from ..data import SliceCohort, resolve_datalist, volume_transforms
+from ..data import SliceCohort, healthy_positions, place_in_bases, resolve_datalist, volume_transforms
 from ..errors import DataError
 from ..networks import seeded_latents
 from ..objectives import LesionPainterObjective, painter_condition
@@ -79,7 +79,8 @@ _SEP = "\x1f"
 _UNET_STRIDE = 16
 _SEED_RANGE = 2**31 - 1
 _PLACEMENT_ARGS = ("rotate_range", "flip_prob", "scale_range", "elastic_prob", "elastic_sigma_range",
-                   "elastic_magnitude_range", "skull_margin_mm", "max_tries")
+                   "elastic_magnitude_range", "skull_margin_mm", "max_tries", "location_sigma", "mirror_prob",
+                   "section_tolerance")
 _GEOMETRY_TOL = 1e-4
 
 
@@ -200,7 +201,7 @@ class LesionPainterSynthesiser:
         key_path: str | os.PathLike | None = None,
         min_lesion_voxels: int | None = None,
         placement: Mapping[str, Any] | None = None,
-        base_tries: int = 20,
+        base_tries: int = 100,
         generator: torch.nn.Module | None = None,
     ) -> None:
         if method not in PAINT_METHODS:
@@ -294,16 +295,12 @@ class LesionPainterSynthesiser:
 
     @functools.cached_property
     def healthy_positions(self) -> list[int]:
-        """Positions in :attr:`base_cohort` of the candidate base slices: class 0 and no mask pixel at all.
+        """Positions of the candidate base slices in :attr:`base_cohort`: :func:`~monai_mri_gan.data.healthy_positions`.
 
         Raises:
             ValueError: when the cohort has none.
         """
-        found = [i for i, s in enumerate(self.base_cohort)
-                 if int(s["class"]) == 0 and (s.get("label") is None or not bool(torch.as_tensor(s["label"]).any()))]
-        if not found:
-            raise ValueError("the base cohort has no healthy slice (class 0 without any mask pixel) to paint into.")
-        return found
+        return healthy_positions(self.base_cohort)
 
     def paths(self, sample_index: int) -> dict[str, Path]:
         """The files of one sample: ``image``, ``mask`` and ``provenance`` (the sidecar)."""
@@ -315,10 +312,11 @@ class LesionPainterSynthesiser:
     def place(self, sample_index: int) -> dict[str, Any]:
         """Draw one sample's base slice and place its lesion there.
 
-        The sample's ``numpy.random.default_rng([seed, sample_index])`` draws the seed of its latent vector, then a
-        base slice among :attr:`healthy_positions` and the seed of its
-        :class:`~monai_mri_gan.transforms.PlaceLesiond`. When no lesion fits into that slice (one near the top of
-        the head has little room), another base slice and placement seed are drawn, up to ``base_tries`` times.
+        The sample's ``numpy.random.default_rng([seed, sample_index])`` draws the seed of its latent vector, then
+        (:func:`~monai_mri_gan.data.place_in_bases`) a bank lesion, a base slice among :attr:`healthy_positions`
+        and the seed of its :class:`~monai_mri_gan.transforms.PlaceLesiond`. When the lesion fits nowhere in that
+        slice (one near the top of the head has little room), another base slice and placement seed are drawn for
+        the same lesion, up to ``base_tries`` times.
 
         Args:
             sample_index: the sample.
@@ -330,25 +328,17 @@ class LesionPainterSynthesiser:
             ``latent_seed``.
 
         Raises:
-            DataError: when no lesion fits into any of the base slices drawn.
+            DataError: when the lesion fits into none of the base slices drawn.
         """
-        healthy = self.healthy_positions
         rng = np.random.default_rng([self.seed, int(sample_index)])
         latent_seed = int(rng.integers(_SEED_RANGE))
-        for tries in range(1, self.base_tries + 1):
-            position = healthy[int(rng.integers(len(healthy)))]
-            placement_seed = int(rng.integers(_SEED_RANGE))
-            self._placer.set_random_state(seed=placement_seed)
-            try:
-                placed = self._placer(self.base_cohort[position])
-            except DataError as err:
-                failure = err
-                continue
-            placed["placement"]["base_tries"] = tries
-            return {**placed, "sample_index": int(sample_index), "position": position,
-                    "placement_seed": placement_seed, "latent_seed": latent_seed}
-        raise DataError(failure.path, f"sample {sample_index}: no lesion fits into any of the {self.base_tries} base "
-                                      f"slices drawn; the last: {failure.problem}") from failure
+        try:
+            placed, position, placement_seed = place_in_bases(self._placer, self.base_cohort, self.healthy_positions,
+                                                              rng, self.base_tries)
+        except DataError as err:
+            raise DataError(err.path, f"sample {sample_index}: {err.problem}") from err
+        return {**placed, "sample_index": int(sample_index), "position": position,
+                "placement_seed": placement_seed, "latent_seed": latent_seed}
 
     @functools.cached_property
     def _placer(self) -> PlaceLesiond:
