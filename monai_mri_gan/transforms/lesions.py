@@ -698,6 +698,10 @@ class PlaceLesion(Randomizable, Transform):
                head: np.ndarray, mirror_axis: int | None) -> PlacedLesion:
         """:meth:`__call__` for a bool ``foreground`` and ``head`` and a positive ``spacing``."""
         shape = f"{foreground.shape[0]}x{foreground.shape[1]}"
+        frame = head_box(head)
+        if randomize and lesion_index is not None:
+            # a given lesion and a slice at another level: refused before the room is worked out
+            self._check_section(int(lesion_index), frame, spacing)
         allowed = self._allowed(foreground, spacing)
         where = f"inside the foreground of this {shape} slice eroded by {self.skull_margin_mm:g} mm"
         if not bool(allowed.any()):
@@ -715,9 +719,11 @@ class PlaceLesion(Randomizable, Transform):
             # no lesion pixel can go anywhere: drawing max_tries transforms would only confirm it
             raise ValueError(f"no room for a lesion and its blend band ({self.dilate_px + self.band_px + 1} px): "
                              f"{int(allowed.sum())} px are left {where}, none as far from its edge.")
-        index = int(self.R.randint(len(self.bank))) if lesion_index is None else int(lesion_index)
-        frame = head_box(head)
-        self._check_section(index, frame, spacing)
+        if lesion_index is None:
+            index = int(self.R.randint(len(self.bank)))
+            self._check_section(index, frame, spacing)
+        else:
+            index = int(lesion_index)
         self._location = self._target(index, frame, mirror_axis)
         smallest = None
         for tries in range(1, self.max_tries + 1):
