@@ -1,11 +1,22 @@
-"""Shared helpers: atomic writes (replace or refuse, one temporary-name pattern, cleanup) and rotation matrices."""
+"""Shared helpers: atomic writes (replace or refuse, one temporary-name pattern, cleanup), rotation matrices and
+where mixed precision pays."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
-from monai_mri_gan.utils import commit_file, remove_staged, replace_atomically, rotation_matrix, stage_file
+from monai_mri_gan.utils import (
+    commit_file,
+    cpu_has_bf16,
+    remove_staged,
+    replace_atomically,
+    resolve_amp,
+    rotation_matrix,
+    stage_file,
+)
 
 
 def test_replace_atomically_replaces_or_refuses(tmp_path):
@@ -67,3 +78,26 @@ def test_rotation_matrix():
         rotation_matrix([0, 0, angles[2]]) @ rotation_matrix([0, angles[1], 0]) @ rotation_matrix([angles[0], 0, 0]),
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("capabilities, native", [
+    ({"architecture": "x86_64", "avx2": True, "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, False),
+    ({"architecture": "x86_64", "avx2": True, "avx512_bf16": True}, True),
+    ({"architecture": "x86_64", "amx_bf16": True}, True),
+    ({"architecture": "aarch64", "neon": True, "bf16": True}, True),
+    ({"architecture": "aarch64", "neon": True}, False),
+])
+def test_amp_auto_follows_the_cpus_bf16_instructions(monkeypatch, capabilities, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert cpu_has_bf16() is native
+    assert resolve_amp("auto", "cpu") is native and resolve_amp(" AUTO ", torch.device("cpu")) is native
+    assert resolve_amp("auto", "cuda:0") is True  # fp16 with gradient scaling: no CPU instruction involved
+    assert resolve_amp(False, "cpu") is False and resolve_amp("false", "cuda") is False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_amp("true", "cpu") is True  # an explicit choice is obeyed, on any CPU
+    assert [str(w.message) for w in caught if "no bfloat16 instructions" in str(w.message)] == ([] if native else [
+        "amp is on, but this CPU has no bfloat16 instructions: autocast will be emulated and is likely several times "
+        "slower than float32 (amp 'auto' leaves it off here)."])
+    with pytest.raises(ValueError, match=r"amp \(true, false or auto\) must be true or false, got 'fast'"):
+        resolve_amp("fast", "cpu")

@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from ..objectives import GanObjective, StepTerms, Terms
+from ..utils import resolve_amp
 
 __all__ = ["GanOutput", "SliceGanTrainer", "StepLosses", "prepare_lesion_batch", "prepare_slice_batch"]
 
@@ -165,7 +166,8 @@ class SliceGanTrainer(Trainer):
         d_optimizer: optimiser of the discriminator.
         objective: the family's objective, e.g. :class:`~monai_mri_gan.objectives.WholeSliceObjective`.
         d_steps: discriminator updates per generator update.
-        amp: enable mixed precision (bf16 on CPU, fp16 with gradient scaling on CUDA).
+        amp: mixed precision (bf16 on CPU, fp16 with gradient scaling on CUDA): true, false, or ``"auto"`` (on
+            CUDA and on CPUs with bf16 instructions; see :func:`~monai_mri_gan.utils.resolve_amp`).
         channels_last: run networks and images in channels-last memory format.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
         g_inferer: inferer for generator forward passes (``SimpleInferer`` by default).
@@ -188,7 +190,7 @@ class SliceGanTrainer(Trainer):
         d_optimizer: Optimizer,
         objective: GanObjective,
         d_steps: int = 1,
-        amp: bool = False,
+        amp: bool | str = False,
         channels_last: bool = False,
         epoch_length: int | None = None,
         g_inferer: Inferer | None = None,
@@ -225,7 +227,7 @@ class SliceGanTrainer(Trainer):
         self.objective = objective
         self.d_steps = int(d_steps)
         self.g_inferer = SimpleInferer() if g_inferer is None else g_inferer
-        self.use_amp = bool(amp)
+        self.use_amp = resolve_amp(amp, device)
         self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         scale = self.use_amp and device.type == "cuda"
         # one scaler per optimiser: the two losses have unrelated magnitudes

@@ -18,6 +18,7 @@ import torch
 from ..data import LesionCrops, SliceCohort
 from ..metrics.classifier import train_slice_classifier
 from ..synthesis import build_balanced_set, build_painted_set
+from ..utils import resolve_amp
 from .cohort import slice_subjects
 from .data import StudySlices, cohort_slices, datalist_slices
 from .gan import train_bundle, write_training_datalist
@@ -62,7 +63,8 @@ class StudySettings:
         segmenter_channels: channels of the MONAI UNet.
         painter_iterations: generator steps of each condition's lesion painter.
         whole_slice_iterations: generator steps of each condition's whole-slice GAN (full grid only).
-        amp: bfloat16 autocast in the downstream models' forward passes.
+        amp: bfloat16 autocast in the downstream models' forward passes: true, false, or ``"auto"`` (on where the
+            CPU has bf16 instructions; see :func:`~monai_mri_gan.utils.resolve_amp`), held resolved to a bool.
         seeds: model seeds, nested in every split.
         fractions: shares of training, validation and test subjects.
     """
@@ -80,9 +82,13 @@ class StudySettings:
     segmenter_channels: tuple[int, ...] = (16, 32, 64, 128)
     painter_iterations: int = 400
     whole_slice_iterations: int = 600
-    amp: bool = True
+    amp: bool | str = "auto"
     seeds: tuple[int, ...] = (0,)
     fractions: tuple[float, float, float] = (0.5, 0.2, 0.3)
+
+    def __post_init__(self) -> None:
+        # the record and the journal's fingerprint say what ran, not "auto"
+        object.__setattr__(self, "amp", resolve_amp(self.amp, "cpu"))
 
 
 def _level(k: int | None) -> int | str:
